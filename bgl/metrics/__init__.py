@@ -1,0 +1,5 @@
+"""bgl.metrics"""
+
+from bgl.metrics.image import psnr, ssim
+
+__all__ = ["psnr", "ssim"]

@@ -1,0 +1,1 @@
+"""bgl.results"""

@@ -1,0 +1,53 @@
+"""The downstream-task interface every task (enhancement, detection, segmentation) implements.
+
+A task owns the lower-level network G(x; θ) and the two losses of the bilevel problem. Batches are
+plain dicts of tensors; every task receives at least
+
+    batch["raw"]    (B, 4, H/2, W/2)  packed RAW (R, G, B, G2), black-subtracted, exposure-amplified,
+                                       clipped to [0, 1] -- the input z of the generative block F
+    batch["rgb"]    (B, 3, H, W)       reference RGB in [0, 1] (what the RAW was made from)
+
+plus task-specific keys (boxes, label maps).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+class Task(ABC):
+    """L_G (lower, training batch), L_F (upper, validation batch), evaluation, primary metric."""
+
+    name: str = "task"
+    primary_metric: str = ""
+    mode: Literal["max", "min"] = "max"
+
+    @abstractmethod
+    def build_lower(self) -> nn.Module:
+        """A fresh task network G."""
+
+    @abstractmethod
+    def lower_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
+        """L_G(ω, θ) on a training batch."""
+
+    @abstractmethod
+    def upper_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
+        """L_F(ω, θ) on a validation batch."""
+
+    def warm_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
+        """Objective of the warm-start phase, optimised jointly over ω and θ (default: L_G)."""
+        return self.lower_loss(upper, lower, batch)
+
+    @abstractmethod
+    @torch.no_grad()
+    def evaluate(
+        self, upper: nn.Module, lower: nn.Module, batches: Iterable[Batch]
+    ) -> dict[str, float]:
+        """Metrics over a validation set; must include `primary_metric`."""

@@ -1,0 +1,1 @@
+"""bgl.train: warm start, bilevel phase, schedules, checkpoints."""

@@ -1,0 +1,266 @@
+"""Hypergradients against independent computations, in float64."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from bgl.solvers import (
+    BilevelProblem,
+    hypergradient,
+    ibgl_hypergradient,
+    naive_hypergradient,
+    tbgl_hypergradient,
+)
+
+DT = torch.float64
+
+
+# --- a small nonlinear problem -------------------------------------------------------------
+
+
+def _mse_loss(upper, lower, batch):
+    z, y = batch
+    return ((lower(upper(z)) - y) ** 2).mean()
+
+
+def _lower_loss(upper, lower, batch):
+    # data term plus a θ-ω coupling through the features; nonlinear in both
+    z, y = batch
+    out = lower(upper(z))
+    return ((out - y) ** 2).mean() + 0.05 * (out**4).mean()
+
+
+def _nonlinear(batchnorm: bool = False, seed: int = 0):
+    torch.manual_seed(seed)
+    upper = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
+    layers = [nn.Linear(3, 5)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(5))
+    layers += [nn.Tanh(), nn.Linear(5, 2)]
+    lower = nn.Sequential(*layers).to(DT)
+    train = (torch.randn(8, 3, dtype=DT), torch.randn(8, 2, dtype=DT))
+    val = (torch.randn(6, 3, dtype=DT), torch.randn(6, 2, dtype=DT))
+    return BilevelProblem(upper, lower, _lower_loss, _mse_loss), train, val
+
+
+def _unrolled_reference(problem, train, val, lr):
+    """d/dω L_F(ω, θ − η ∇_θ L_G(ω, θ)) by autograd through the step (create_graph)."""
+    upper, lower = problem.upper, problem.lower
+    names = [n for n, _ in lower.named_parameters()]
+    theta = [p.detach().clone().requires_grad_(True) for p in lower.parameters()]
+    omega = list(upper.parameters())
+
+    def lower_at(params):
+        class _L(nn.Module):
+            def forward(self, x):
+                return functional_call(lower, dict(zip(names, params)), (x,))
+
+        return _L()
+
+    g = torch.autograd.grad(
+        problem.lower_loss(upper, lower_at(theta), train), theta, create_graph=True
+    )
+    theta_prime = [t - lr * gi for t, gi in zip(theta, g)]
+    loss_f = problem.upper_loss(upper, lower_at(theta_prime), val)
+    return torch.autograd.grad(loss_f, omega)
+
+
+def _close(a, b, rtol):
+    fa = torch.cat([x.reshape(-1) for x in a])
+    fb = torch.cat([x.reshape(-1) for x in b])
+    return (fa - fb).norm() / fb.norm() < rtol, ((fa - fb).norm() / fb.norm()).item()
+
+
+def test_tbgl_matches_autograd_through_one_unrolled_step():
+    problem, train, val = _nonlinear()
+    lr = 0.3
+    ref = _unrolled_reference(problem, train, val, lr)
+    got = tbgl_hypergradient(problem, train, val, lower_lr=lr, delta=1e-4)
+    ok, err = _close(got, ref, 1e-7)
+    assert ok, err
+    # the coupling term matters here: the first-order part alone is far from the reference
+    naive_at_theta = naive_hypergradient(problem, train, val)
+    assert not _close(naive_at_theta, ref, 1e-2)[0]
+    assert all(g.dtype == DT for g in got)
+    assert [g.shape for g in got] == [p.shape for p in problem.upper.parameters()]
+
+
+def test_tbgl_error_shrinks_with_delta():
+    problem, train, val = _nonlinear(seed=1)
+    ref = _unrolled_reference(problem, train, val, 0.5)
+    errs = [
+        _close(tbgl_hypergradient(problem, train, val, lower_lr=0.5, delta=d), ref, 1.0)[1]
+        for d in (1e-1, 1e-2)
+    ]
+    # central differences: error O(ε²), so 10x smaller δ gives ~100x smaller error
+    assert errs[1] < errs[0] / 30
+
+
+# --- quadratic problem with closed forms ---------------------------------------------------
+
+
+class _Vec(nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.p = nn.Parameter(value.clone())
+
+
+def _quadratic(seed=0, n=4, m=3):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, n, generator=g, dtype=DT)
+    a = q @ q.T + n * torch.eye(n, dtype=DT)
+    b = torch.randn(n, m, generator=g, dtype=DT)
+    t = torch.randn(n, generator=g, dtype=DT)
+    lam, c = 0.3, 0.7
+    omega = torch.randn(m, generator=g, dtype=DT)
+    theta = torch.randn(n, generator=g, dtype=DT)
+
+    def lower_loss(up, lo, batch):
+        th, om = lo.p, up.p
+        return 0.5 * th @ a @ th - th @ b @ om + 0.5 * c * om @ om
+
+    def upper_loss(up, lo, batch):
+        return 0.5 * ((lo.p - t) ** 2).sum() + 0.5 * lam * (up.p**2).sum()
+
+    problem = BilevelProblem(_Vec(omega), _Vec(theta), lower_loss, upper_loss)
+    return problem, dict(a=a, b=b, t=t, lam=lam, c=c, omega=omega, theta=theta)
+
+
+@pytest.mark.parametrize("delta", [1e-3, 1.0, 10.0])
+def test_tbgl_closed_form_on_quadratic(delta):
+    # L_G is bilinear in (θ, ω), so the central difference is exact for every δ: this pins the
+    # 2ε denominator (a `/ 2 * eps` slip would be off by a factor ε²).
+    problem, k = _quadratic()
+    lr = 0.05
+    theta_p = k["theta"] - lr * (k["a"] @ k["theta"] - k["b"] @ k["omega"])
+    expected = k["lam"] * k["omega"] + lr * k["b"].T @ (theta_p - k["t"])
+    (got,) = tbgl_hypergradient(problem, None, None, lower_lr=lr, delta=delta)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_ibgl_closed_form_on_quadratic():
+    problem, k = _quadratic(seed=3)
+    th, om = k["theta"], k["omega"]
+    f_theta = th - k["t"]
+    g_theta = k["a"] @ th - k["b"] @ om
+    g_omega = -k["b"].T @ th + k["c"] * om
+    coef = (f_theta @ g_theta) / (g_theta @ g_theta + 1e-12)
+    expected = k["lam"] * om - coef * g_omega
+    (got,) = ibgl_hypergradient(problem, None, None)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_ibgl_eps_guard_at_exact_lower_optimum():
+    problem, k = _quadratic(seed=4)
+    with torch.no_grad():  # θ*(ω) = A^-1 B ω makes ∇_θ L_G exactly (numerically) zero
+        problem.lower.p.copy_(torch.linalg.solve(k["a"], k["b"] @ k["omega"]))
+        problem.lower.p.copy_(problem.lower.p)
+    big_eps = 1e-6  # above the rounding-level ‖∇_θ L_G‖² of the solve
+    (got,) = ibgl_hypergradient(problem, None, None, eps=big_eps)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, k["lam"] * k["omega"], rtol=1e-6, atol=1e-8)
+
+
+def test_ibgl_zero_lower_gradient_is_finite_and_unguarded_is_not():
+    def lower_loss(up, lo, batch):  # constant in θ: ∇_θ L_G = 0 exactly
+        return (up.p**2).sum() + 0.0 * lo.p.sum()
+
+    def upper_loss(up, lo, batch):
+        return ((lo.p - 1) ** 2).sum() + (up.p**3).sum()
+
+    problem = BilevelProblem(
+        _Vec(torch.ones(2, dtype=DT)), _Vec(torch.zeros(3, dtype=DT)), lower_loss, upper_loss
+    )
+    (got,) = ibgl_hypergradient(problem, None, None)
+    torch.testing.assert_close(got, 3 * torch.ones(2, dtype=DT))
+    (unguarded,) = ibgl_hypergradient(problem, None, None, eps=0.0)
+    assert torch.isnan(unguarded).all()
+
+
+def test_ibgl_term_by_term_on_nonlinear_problem():
+    problem, train, val = _nonlinear(seed=2)
+
+    def fresh_grads(loss_fn, batch):
+        up, lo = copy.deepcopy(problem.upper), copy.deepcopy(problem.lower)
+        loss_fn(up, lo, batch).backward()
+        return [p.grad for p in up.parameters()], [p.grad for p in lo.parameters()]
+
+    f_om, f_th = fresh_grads(problem.upper_loss, val)
+    g_om, g_th = fresh_grads(problem.lower_loss, train)
+    num = sum((a * b).sum() for a, b in zip(f_th, g_th))
+    den = sum((b * b).sum() for b in g_th)
+    expected = [f - (num / (den + 1e-12)) * g for f, g in zip(f_om, g_om)]
+    got = ibgl_hypergradient(problem, train, val)
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+    assert not g.requires_grad
+
+
+def test_naive_is_upper_gradient_only():
+    problem, train, val = _nonlinear(seed=5)
+    up = copy.deepcopy(problem.upper)
+    problem.upper_loss(up, problem.lower, val).backward()
+    got = naive_hypergradient(problem, train, val)
+    for p, g in zip(up.parameters(), got):
+        torch.testing.assert_close(g, p.grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("solver", ["naive", "tbgl", "ibgl"])
+def test_no_side_effects(solver):
+    problem, train, val = _nonlinear(batchnorm=True, seed=6)
+    mods = (problem.upper, problem.lower)
+    for m in mods:
+        for p in m.parameters():
+            p.grad = torch.randn_like(p)
+    snapshot = [(t.detach().clone()) for m in mods for t in (*m.parameters(), *m.buffers())] + [
+        p.grad.clone() for m in mods for p in m.parameters()
+    ]
+    flags = [p.requires_grad for m in mods for p in m.parameters()]
+    hypergradient(solver, problem, train, val, lower_lr=0.1, delta=0.01)
+    after = [(t.detach().clone()) for m in mods for t in (*m.parameters(), *m.buffers())] + [
+        p.grad.clone() for m in mods for p in m.parameters()
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(snapshot, after))
+    assert flags == [p.requires_grad for m in mods for p in m.parameters()]
+    # the check can fail: a plain training-mode forward does move the running statistics
+    before = problem.lower[1].running_mean.clone()
+    problem.lower(problem.upper(train[0]))
+    assert not torch.equal(before, problem.lower[1].running_mean)
+
+
+def test_reduce_is_applied_to_every_gradient():
+    # a reduce that doubles (like summing two identical workers): IBGL's coefficient is
+    # scale-free, so the result doubles; TBGL sees a doubled step and a doubled v
+    problem, k = _quadratic(seed=7)
+    calls = []
+
+    def double(ts):
+        calls.append(len(ts))
+        return [2 * t for t in ts]
+
+    (plain,) = ibgl_hypergradient(problem, None, None)
+    (doubled,) = ibgl_hypergradient(problem, None, None, reduce=double)
+    torch.testing.assert_close(doubled, 2 * plain)
+    assert calls == [2, 2]
+
+    lr = 0.05
+    theta_p = k["theta"] - lr * 2 * (k["a"] @ k["theta"] - k["b"] @ k["omega"])
+    expected = 2 * (k["lam"] * k["omega"] + lr * k["b"].T @ (2 * (theta_p - k["t"])))
+    (got,) = tbgl_hypergradient(problem, None, None, lower_lr=lr, delta=0.1, reduce=double)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_arguments_and_losses():
+    problem, train, val = _nonlinear()
+    with pytest.raises(ValueError, match="unknown solver"):
+        hypergradient("sgd", problem, train, val, lower_lr=0.1)
+    with pytest.raises(ValueError, match="delta"):
+        tbgl_hypergradient(problem, train, val, lower_lr=0.1, delta=0.0)
+    bad = BilevelProblem(problem.upper, problem.lower, lambda u, lo, b: torch.ones(2), _mse_loss)
+    with pytest.raises(ValueError, match="scalar"):
+        ibgl_hypergradient(bad, train, val)
