@@ -8,6 +8,9 @@ blocks replaced by outer products of first-order gradients (g_θ = ∇_θ L_G, �
 
 evaluated at the current θ (after the k lower steps). The coefficient is a detached scalar; eps
 keeps it finite when the lower level is exactly stationary.
+
+Cost: one full pass on each loss. `reduce` is linear, so the ω part is reduced once, after
+combining; the θ parts are reduced before the coefficient is formed.
 """
 
 from __future__ import annotations
@@ -41,9 +44,12 @@ def ibgl_hypergradient(
     omega, theta = problem.upper_params(), problem.lower_params()
     n = len(omega)
     with preserved_state(upper, lower, params=False):
-        g_f = reduce(grads(problem.upper_loss(upper, lower, val_batch), omega + theta))
-        g_g = reduce(grads(problem.lower_loss(upper, lower, train_batch), omega + theta))
-    f_omega, f_theta = g_f[:n], g_f[n:]
-    g_omega, g_theta = g_g[:n], g_g[n:]
+        g_f = grads(problem.upper_loss(upper, lower, val_batch), omega + theta)
+        f_omega, f_theta = g_f[:n], reduce(g_f[n:])
+        del g_f
+        g_g = grads(problem.lower_loss(upper, lower, train_batch), omega + theta)
+    g_theta = reduce(g_g[n:])
     coef = (dot(f_theta, g_theta) / (dot(g_theta, g_theta) + eps)).detach()
-    return [f - coef * g for f, g in zip(f_omega, g_omega)]
+    for f, g in zip(f_omega, g_g[:n]):
+        f.sub_(g.mul_(coef))
+    return reduce(f_omega)

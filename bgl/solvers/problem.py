@@ -41,11 +41,17 @@ def identity_reduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return tensors
 
 
-def grads(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> Grads:
+def grads(
+    loss: torch.Tensor, params: Sequence[torch.Tensor], *, retain_graph: bool = False
+) -> Grads:
     """d loss / d params; zeros for parameters the loss does not reach or that are frozen."""
     _check_scalar(loss)
     wanted = [p for p in params if p.requires_grad]
-    found = torch.autograd.grad(loss, wanted, allow_unused=True) if wanted else ()
+    found = (
+        torch.autograd.grad(loss, wanted, allow_unused=True, retain_graph=retain_graph)
+        if wanted
+        else ()
+    )
     by_id = {id(p): g for p, g in zip(wanted, found)}
     return [by_id[id(p)] if by_id.get(id(p)) is not None else torch.zeros_like(p) for p in params]
 

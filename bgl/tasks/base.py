@@ -3,8 +3,8 @@
 A task owns the lower-level network G(x; θ) and the two losses of the bilevel problem. Batches are
 plain dicts of tensors; every task receives at least
 
-    batch["raw"]    (B, 4, H/2, W/2)  packed RAW (R, G, B, G2), black-subtracted, exposure-amplified,
-                                       clipped to [0, 1] -- the input z of the generative block F
+    batch["raw"]    (B, 4, H/2, W/2)  packed RAW (R, G, B, G2), black-subtracted,
+                                       exposure-amplified, clipped to [0, 1]: the input z of F
     batch["rgb"]    (B, 3, H, W)       reference RGB in [0, 1] (what the RAW was made from)
 
 plus task-specific keys (boxes, label maps).

@@ -1,0 +1,223 @@
+"""`bgl bench solvers`: time and peak memory per upper-level step of naive, TBGL and IBGL.
+
+Every solver runs the training loop's own `bilevel_step` (its k lower steps included) on the
+same models and fixed batches, each in a fresh child process so peaks do not mix:
+- GPU: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`;
+- CPU: the peak resident set size (VmHWM, reset through /proc/self/clear_refs) with glibc's mmap
+  threshold pinned, so freed activation buffers really leave the process and the peak is real.
+`step_peak` is the peak minus the memory held before the step: the memory the solver itself
+needs. `tensor_peak` adds the tensors held throughout (parameters, buffers, optimiser state,
+batches) to `step_peak`, which is what `max_memory_allocated` counts on a GPU; on CPU it leaves
+out the interpreter and library footprint that `peak` (the whole process) includes. Ratios are
+against naive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+SOLVER_ORDER = ("naive", "tbgl", "ibgl")
+
+
+@dataclass
+class SolverBenchConfig:
+    crop: int = 256
+    batch_size: int = 2
+    width: int = 32
+    lower_width: int = 16
+    k: int = 1
+    repeats: int = 5
+    warmup: int = 1
+    device: str = "auto"
+    delta: float = 0.01
+    threads: int = 0  # 0: torch's default
+
+
+def run_solver_bench(
+    cfg: SolverBenchConfig,
+    *,
+    out_dir: str | Path | None = "results/bench",
+    console: Console | None = None,
+) -> list[dict[str, Any]]:
+    """Measure every solver in its own process; write one Parquet file of rows."""
+    from bgl.results.parquet import write_rows
+    from bgl.results.provenance import git_commit, library_versions
+
+    rows = []
+    for solver in SOLVER_ORDER:
+        if console:
+            console.log(f"measuring {solver} ...")
+        rows.append(_measure_in_child(cfg, solver))
+    base = next(r for r in rows if r["solver"] == "naive")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for row in rows:
+        row["time_ratio"] = row["time_s"] / base["time_s"]
+        row["peak_ratio"] = row["peak_bytes"] / base["peak_bytes"]
+        row["step_peak_ratio"] = row["step_peak_bytes"] / max(base["step_peak_bytes"], 1)
+        row["tensor_peak_ratio"] = row["tensor_peak_bytes"] / base["tensor_peak_bytes"]
+        row.update({f"config_{k}": v for k, v in dataclasses.asdict(cfg).items()})
+        row.update(
+            benchmark="solvers",
+            timestamp=stamp,
+            git_commit=git_commit(),
+            torch=library_versions().get("torch"),
+        )
+    if out_dir is not None:
+        name = f"solvers-{stamp.replace(':', '')}.parquet"
+        write_rows(rows, Path(out_dir) / name)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], console: Console) -> None:
+    first = rows[0]
+    table = Table(
+        title=f"solver cost per upper step on {first['device']} "
+        f"(crop {first['config_crop']}, batch {first['config_batch_size']}, "
+        f"width {first['config_width']}, k {first['config_k']})"
+    )
+    for col in (
+        "solver",
+        "time (ms)",
+        "x naive",
+        "tensor peak (MiB)",
+        "x naive",
+        "step peak (MiB)",
+        "x naive",
+        "process peak (MiB)",
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["solver"],
+            f"{1e3 * r['time_s']:.1f}",
+            f"{r['time_ratio']:.2f}",
+            f"{r['tensor_peak_bytes'] / 2**20:.1f}",
+            f"{r['tensor_peak_ratio']:.2f}",
+            f"{r['step_peak_bytes'] / 2**20:.1f}",
+            f"{r['step_peak_ratio']:.2f}",
+            f"{r['peak_bytes'] / 2**20:.1f}",
+        )
+    console.print(table)
+
+
+def _measure_in_child(cfg: SolverBenchConfig, solver: str) -> dict[str, Any]:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    payload = json.dumps({"config": dataclasses.asdict(cfg), "solver": solver})
+    proc = subprocess.run(
+        [sys.executable, "-m", "bgl.bench.solvers", payload],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"solver benchmark for {solver} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _rss_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _child(cfg: SolverBenchConfig, solver: str) -> dict[str, Any]:
+    import itertools
+
+    import torch
+
+    from bgl.config import from_dict
+    from bgl.data.synthetic import SyntheticLowLight
+    from bgl.results.provenance import device_description
+    from bgl.train.loop import Trainer
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run = from_dict(
+        {
+            "name": f"bench-{solver}",
+            "task": {"name": "enhance", "options": {"width": cfg.lower_width}},
+            "model": {"generator_width": cfg.width},
+            "data": {
+                "crop": cfg.crop,
+                "batch_size": cfg.batch_size,
+                "val_batch_size": cfg.batch_size,
+            },
+            "solver": {"name": solver, "k": cfg.k if solver == "ibgl" else 1, "delta": cfg.delta},
+            "train": {"device": cfg.device, "warm_steps": 0, "steps": 1},
+        }
+    )
+    data = SyntheticLowLight(2 * cfg.batch_size, size=cfg.crop, seed=0)
+    splits = {"train": data, "val": data, "test": data}
+    trainer = Trainer(run, splits=splits)
+    train_batch, val_batch = next(trainer.train_stream), next(trainer.val_stream)
+    trainer.train_stream = itertools.repeat(train_batch)  # fixed batches: measure the step only
+    trainer.val_stream = itertools.repeat(val_batch)
+    device = trainer.device
+    cuda = device.type == "cuda"
+    lr = run.optim.lower_lr
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(cfg.warmup):  # allocates optimiser state, warms kernels
+        trainer.bilevel_step(lr)
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        before = _rss_bytes("VmRSS")
+    times = []
+    for _ in range(cfg.repeats):
+        start = time.perf_counter()
+        trainer.bilevel_step(lr)
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")
+    held = _tensor_bytes(trainer, [train_batch, val_batch])
+    return {
+        "solver": solver,
+        "k": run.solver.k,
+        "time_s": statistics.median(times),
+        "time_s_min": min(times),
+        "peak_bytes": int(peak),
+        "step_peak_bytes": int(peak - before),
+        "tensor_peak_bytes": int(peak - before + held) if not cuda else int(peak),
+        "device": device_description(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _tensor_bytes(trainer: Any, batches: list[dict]) -> int:
+    """Bytes of the tensors a step keeps alive throughout: weights, optimiser state, batches."""
+    import torch
+
+    tensors = [*trainer.upper.state_dict().values(), *trainer.lower.state_dict().values()]
+    for opt in (trainer.upper_opt, trainer.lower_opt):
+        for state in opt.state.values():
+            tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    tensors += [t for b in batches for t in b.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+if __name__ == "__main__":
+    args = json.loads(sys.argv[1])
+    result = _child(SolverBenchConfig(**args["config"]), args["solver"])
+    print(json.dumps(result))

@@ -1,0 +1,111 @@
+"""The `bgl` command: thin argument parsing over the library; heavy imports happen lazily."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+console = Console()
+
+
+def _train(args: argparse.Namespace) -> int:
+    from bgl.config import load
+    from bgl.train.local import train_local
+
+    cfg = load(args.config, args.set)
+    summary = train_local(cfg, resume=args.resume, overwrite=args.overwrite, console=console)
+    table = Table(title=f"{cfg.name}: {summary['status']} after {summary['steps']} steps")
+    table.add_column("metric")
+    table.add_column("final", justify="right")
+    for key, value in summary["final"].items():
+        table.add_row(key, f"{value:.4f}")
+    if summary["best"]:
+        b = summary["best"]
+        table.add_row(f"best {b['metric']} (step {b['step']})", f"{b['value']:.4f}")
+    table.add_row("wall time (s)", f"{summary['wall_time_s']:.1f}")
+    table.add_row("peak memory (MiB)", f"{summary['peak_memory_bytes'] / 2**20:.0f}")
+    console.print(table)
+    console.print(f"outputs: {summary['run_dir']}")
+    if summary["status"] != "completed":
+        console.print(f"[red]{summary['status']}: {summary['error']}")
+        return 1
+    return 0
+
+
+def _bench_solvers(args: argparse.Namespace) -> int:
+    from bgl.bench.solvers import SolverBenchConfig, print_table, run_solver_bench
+
+    cfg = SolverBenchConfig(
+        crop=args.crop,
+        batch_size=args.batch_size,
+        width=args.width,
+        lower_width=args.lower_width,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        k=args.k,
+    )
+    rows = run_solver_bench(cfg, out_dir=args.output_dir, console=console)
+    print_table(rows, console)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bgl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="one training run on this machine (CPU or one GPU)")
+    p.add_argument("config", help="run YAML (e.g. studies/quickstart.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set solver.name=tbgl (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint")
+    p.set_defaults(func=_train)
+
+    bench = sub.add_parser("bench", help="benchmarks (write Parquet rows, print a table)")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("solvers", help="time and peak memory per upper step: naive/TBGL/IBGL")
+    b.add_argument("--crop", type=int, default=256, help="RGB crop side (px)")
+    b.add_argument("--batch-size", type=int, default=2)
+    b.add_argument("--width", type=int, default=32, help="generative block base width")
+    b.add_argument("--lower-width", type=int, default=16, help="enhancement network width")
+    b.add_argument("--k", type=int, default=1, help="IBGL lower steps per upper step")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--device", default="auto")
+    b.add_argument("--output-dir", default="results/bench")
+    b.set_defaults(func=_bench_solvers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    from bgl.config import ConfigError
+    from bgl.train.local import RunExistsError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, RunExistsError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Typed run configuration, validated at load.
+
+A run YAML maps 1:1 onto these dataclasses; an unknown or mistyped key is an error that names
+the key (`solver.k: expected int, got 'three'`). `--set a.b=value` overrides use the same path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, always naming the offending key."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "enhance"
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the task constructor
+
+
+@dataclass
+class ModelConfig:
+    generator_width: int = 32  # SID uses 32; tests use 8
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str | None = None
+    seed: int = 0  # the dataset's own seed (synthetic scenes); fixed across trial seeds
+    train_size: int = 64  # L_G batches come from here
+    val_size: int = 16  # L_F batches (the upper level's validation set)
+    test_size: int = 16  # held out: evaluation only
+    crop: int = 64  # RGB side in pixels; the packed RAW is crop/2
+    batch_size: int = 4
+    val_batch_size: int = 4
+    eval_batch_size: int = 8
+    ratio_range: tuple[float, float] | None = None  # exposure ratios; None: dataset default
+    camera_seed: int | None = 0  # synthetic: one camera for all splits; null: one per image
+
+
+@dataclass
+class SolverConfig:
+    name: str = "ibgl"  # naive | tbgl | ibgl
+    k: int = 1  # lower steps per upper step (IBGL only; naive and TBGL take one)
+    delta: float = 0.01  # TBGL finite-difference radius: ε = delta / ‖v‖
+    eps: float = 1e-12  # IBGL denominator guard
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adam"  # adam | sgd
+    upper_lr: float = 3e-3
+    upper_lr_min: float = 5e-6
+    lower_lr: float = 3e-3
+    lower_lr_min: float = 3e-5
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine | constant
+
+
+@dataclass
+class TrainConfig:
+    warm_steps: int = 100  # joint warm start (Algorithm 1/2, first phase)
+    steps: int = 500  # upper-level steps of the bilevel phase
+    eval_every: int = 50
+    log_every: int = 10
+    checkpoint_every: int = 100
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "results"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, for Parquet columns and tables."""
+        return flatten(self.to_dict())
+
+
+SOLVER_NAMES = ("naive", "tbgl", "ibgl")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    checks = [
+        ("solver.name", cfg.solver.name in SOLVER_NAMES, f"one of {', '.join(SOLVER_NAMES)}"),
+        ("solver.k", cfg.solver.k >= 1, "at least 1"),
+        (
+            "solver.k",
+            cfg.solver.k == 1 or cfg.solver.name == "ibgl",
+            "1 unless solver.name is ibgl (naive and TBGL take one lower step)",
+        ),
+        ("solver.delta", cfg.solver.delta > 0, "positive"),
+        ("solver.eps", cfg.solver.eps >= 0, "non-negative"),
+        ("optim.optimizer", cfg.optim.optimizer in ("adam", "sgd"), "adam or sgd"),
+        ("optim.schedule", cfg.optim.schedule in ("cosine", "constant"), "cosine or constant"),
+        ("optim.upper_lr", cfg.optim.upper_lr > 0, "positive"),
+        ("optim.lower_lr", cfg.optim.lower_lr > 0, "positive"),
+        ("train.warm_steps", cfg.train.warm_steps >= 0, "non-negative"),
+        ("train.steps", cfg.train.steps >= 0, "non-negative"),
+        ("train.eval_every", cfg.train.eval_every >= 1, "at least 1"),
+        ("train.log_every", cfg.train.log_every >= 1, "at least 1"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every >= 1, "at least 1"),
+        ("data.batch_size", cfg.data.batch_size >= 1, "at least 1"),
+        (
+            "data.crop",
+            cfg.data.crop % 32 == 0 and cfg.data.crop > 0,
+            "a positive multiple of 32 (the packed RAW must pass 4 U-Net poolings)",
+        ),
+        ("model.generator_width", cfg.model.generator_width >= 1, "at least 1"),
+    ]
+    for key, ok, want in checks:
+        if not ok:
+            raise ConfigError(f"{key}: must be {want}")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not path.endswith("options"):
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig; unknown keys and wrong types name their path."""
+    return _build(RunConfig, data, "")
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run YAML, apply `key.path=value` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    apply_overrides(data, overrides or [])
+    return from_dict(data)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """`solver.k=5` sets data['solver']['k'] = 5 (value parsed as YAML)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s} ({where} accepts: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        path = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, path + ".")
+        else:
+            kwargs[name] = _coerce(value, hint, path)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if hint is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `3e-3` as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    raise ConfigError(f"{path}: unsupported type {hint}")

@@ -1,0 +1,336 @@
+"""The training loop of the paper's Algorithms 1 and 2.
+
+Phase 1, warm start: ω and θ optimised jointly on the task's warm-start objective.
+Phase 2, bilevel: per upper step, k lower steps on θ (L_G, ω frozen), then the solver's
+hypergradient for ω (L_F on a validation batch) and one upper optimiser step. TBGL follows
+DARTS' order (hypergradient from an unrolled step at the current θ, then the lower step).
+
+One `Trainer` per worker: data streams are sharded by rank and every gradient (warm, lower,
+hypergradient) goes through the same `reduce`, so N workers follow the 1-worker trajectory of the
+concatenated batches.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bgl.config import RunConfig
+from bgl.data.splits import build_splits
+from bgl.data.stream import BatchStream, sequential_batches
+from bgl.models.generator import build_generator
+from bgl.results.provenance import (
+    device_description,
+    git_commit,
+    library_versions,
+    peak_memory_bytes,
+    resolve_device,
+)
+from bgl.solvers import BilevelProblem, Grads, Reduce, hypergradient, identity_reduce
+from bgl.solvers.problem import grad_disabled, grads
+from bgl.tasks import build_task
+from bgl.train.checkpoint import load_checkpoint, save_checkpoint
+from bgl.train.schedule import build_optimizer, learning_rate, set_lr
+
+
+class DivergedError(RuntimeError):
+    """A loss or hypergradient became NaN/inf; the message says where."""
+
+
+class Callbacks:
+    """Hooks for progress display and reporting (Ray); every method is optional."""
+
+    def on_step(self, trainer: Trainer, info: dict[str, float]) -> None: ...
+
+    def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds task, models, data and optimisers from a RunConfig and runs both phases."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        reduce: Reduce | None = None,
+        device: torch.device | None = None,
+        splits: dict[str, Any] | None = None,
+    ) -> None:
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.reduce = reduce or identity_reduce
+        self.device = device or resolve_device(cfg.train.device)
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        self.task = build_task(cfg.task.name, **cfg.task.options)
+        self.upper: nn.Module = build_generator(cfg.model.generator_width).to(self.device)
+        self.lower: nn.Module = self.task.build_lower().to(self.device)
+        self.problem = BilevelProblem(
+            self.upper, self.lower, self.task.lower_loss, self.task.upper_loss
+        )
+        splits = splits if splits is not None else build_splits(cfg.data)
+        d = cfg.data
+        self.train_stream = BatchStream(
+            splits["train"], d.batch_size, 2 * cfg.seed, rank=rank, world=world, device=self.device
+        )
+        self.val_stream = BatchStream(
+            splits["val"],
+            d.val_batch_size,
+            2 * cfg.seed + 1,
+            rank=rank,
+            world=world,
+            device=self.device,
+        )
+        self.test_set = splits["test"]
+        o = cfg.optim
+        opt = dict(momentum=o.momentum, weight_decay=o.weight_decay)
+        self.upper_opt = build_optimizer(
+            o.optimizer, list(self.upper.parameters()), o.upper_lr, **opt
+        )
+        self.lower_opt = build_optimizer(
+            o.optimizer, list(self.lower.parameters()), o.lower_lr, **opt
+        )
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.elapsed_s = 0.0  # training wall time, carried across resumes
+        self.best: dict[str, Any] = {}
+
+    # -- schedule -------------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.warm_steps + self.cfg.train.steps
+
+    @property
+    def phase(self) -> str:
+        return "warm" if self.step < self.cfg.train.warm_steps else "bilevel"
+
+    def _update_lrs(self) -> tuple[float, float]:
+        o = self.cfg.optim
+        up = learning_rate(o.schedule, self.step, self.total_steps, o.upper_lr, o.upper_lr_min)
+        lo = learning_rate(o.schedule, self.step, self.total_steps, o.lower_lr, o.lower_lr_min)
+        set_lr(self.upper_opt, up)
+        set_lr(self.lower_opt, lo)
+        return up, lo
+
+    # -- steps ----------------------------------------------------------------------------
+    def warm_step(self) -> dict[str, float]:
+        batch = next(self.train_stream)
+        params = [*self.upper.parameters(), *self.lower.parameters()]
+        loss = self.task.warm_loss(self.upper, self.lower, batch)
+        self._check_finite(loss, "warm-start loss")
+        _apply(params, self.reduce(grads(loss, params)))
+        _step(self.upper_opt)
+        _step(self.lower_opt)
+        return {"warm_loss": loss.item()}
+
+    def lower_step(self, batch: dict[str, torch.Tensor]) -> float:
+        theta = list(self.lower.parameters())
+        with grad_disabled(list(self.upper.parameters())):
+            loss = self.task.lower_loss(self.upper, self.lower, batch)
+            self._check_finite(loss, "lower loss L_G")
+            _apply(theta, self.reduce(grads(loss, theta)))
+        _step(self.lower_opt)
+        return loss.item()
+
+    def upper_step(self, train_batch: dict, val_batch: dict, lower_lr: float) -> float:
+        s = self.cfg.solver
+        h = hypergradient(
+            s.name,
+            self.problem,
+            train_batch,
+            val_batch,
+            lower_lr=lower_lr,
+            delta=s.delta,
+            eps=s.eps,
+            reduce=self.reduce,
+        )
+        h_norm = torch.stack([g.norm() for g in h]).norm()
+        self._check_finite(h_norm, f"{s.name} hypergradient")
+        _apply(list(self.upper.parameters()), h)
+        del h
+        _step(self.upper_opt)
+        return h_norm.item()
+
+    def bilevel_step(self, lower_lr: float) -> dict[str, float]:
+        s = self.cfg.solver
+        if s.name == "tbgl":
+            train_batch, val_batch = next(self.train_stream), next(self.val_stream)
+            h_norm = self.upper_step(train_batch, val_batch, lower_lr)
+            lower = self.lower_step(train_batch)
+        else:
+            for _ in range(s.k):
+                train_batch = next(self.train_stream)
+                lower = self.lower_step(train_batch)
+            h_norm = self.upper_step(train_batch, next(self.val_stream), lower_lr)
+        return {"lower_loss": lower, "hypergrad_norm": h_norm}
+
+    def _check_finite(self, value: torch.Tensor, what: str) -> None:
+        if not torch.isfinite(value).all():
+            raise DivergedError(f"{what} is {value.item()} at step {self.step} ({self.phase})")
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        batches = sequential_batches(self.test_set, self.cfg.data.eval_batch_size, self.device)
+        metrics = self.task.evaluate(self.upper, self.lower, batches)
+        for key, value in metrics.items():
+            if not math.isfinite(value):
+                raise DivergedError(f"evaluation metric {key} is {value} at step {self.step}")
+        return metrics
+
+    def _record_eval(self, callbacks: Callbacks) -> dict[str, float]:
+        metrics = self.evaluate()
+        row = {
+            "step": self.step,
+            "kind": "eval",
+            "phase": self.phase,
+            "elapsed_s": self.elapsed_s,
+            **metrics,
+        }
+        self.history.append(row)
+        key, mode = self.task.primary_metric, self.task.mode
+        value = metrics[key]
+        better = (not self.best) or (
+            value > self.best["value"] if mode == "max" else value < self.best["value"]
+        )
+        if better:
+            self.best = {"metric": key, "value": value, "step": self.step}
+        callbacks.on_eval(self, metrics)
+        return metrics
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(
+        self,
+        *,
+        run_dir: str | Path | None = None,
+        callbacks: Callbacks | None = None,
+        until: int | None = None,
+    ) -> dict[str, Any]:
+        """Train to `total_steps`, or stop early at step `until` (continuing from `self.step`).
+
+        Returns the run summary. With `run_dir`, rank 0 checkpoints there periodically and at the
+        end.
+        """
+        cb = callbacks or Callbacks()
+        t = self.cfg.train
+        run_dir = Path(run_dir) if run_dir is not None else None
+        if self.step == 0 and not self.history:
+            self._record_eval(cb)  # the starting point, for curves and the gain
+        window: dict[str, list[float]] = {}
+        start = time.perf_counter() - self.elapsed_s
+        stop = self.total_steps if until is None else min(until, self.total_steps)
+        while self.step < stop:
+            up_lr, lo_lr = self._update_lrs()
+            info = self.warm_step() if self.phase == "warm" else self.bilevel_step(lo_lr)
+            self.step += 1
+            self.elapsed_s = time.perf_counter() - start
+            for key, value in info.items():
+                window.setdefault(key, []).append(value)
+            cb.on_step(self, {**info, "upper_lr": up_lr, "lower_lr": lo_lr})
+            last = self.step == stop
+            if self.step % t.log_every == 0 or last:
+                row = {
+                    "step": self.step,
+                    "kind": "train",
+                    "phase": self.phase,
+                    "elapsed_s": self.elapsed_s,
+                    "upper_lr": up_lr,
+                    "lower_lr": lo_lr,
+                }
+                row.update({k: float(np.mean(v)) for k, v in window.items()})
+                self.history.append(row)
+                window = {}
+            if self.step % t.eval_every == 0 or last:
+                self._record_eval(cb)
+            if (
+                run_dir is not None
+                and self.rank == 0
+                and (self.step % t.checkpoint_every == 0 or last)
+            ):
+                path = self.save(run_dir / "checkpoint.pt")
+                cb.on_checkpoint(self, path)
+        return self.summary()
+
+    def summary(self, status: str = "completed", error: str | None = None) -> dict[str, Any]:
+        final = next((r for r in reversed(self.history) if r["kind"] == "eval"), {})
+        metrics = {
+            k: v for k, v in final.items() if k not in ("step", "kind", "phase", "elapsed_s")
+        }
+        return {
+            "name": self.cfg.name,
+            "status": status,
+            "error": error,
+            "task": self.cfg.task.name,
+            "solver": self.cfg.solver.name,
+            "seed": self.cfg.seed,
+            "steps": self.step,
+            "final": metrics,
+            "best": dict(self.best),
+            "wall_time_s": self.elapsed_s,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "device": device_description(self.device),
+            "workers": self.world,
+            "upper_params": sum(p.numel() for p in self.upper.parameters()),
+            "lower_params": sum(p.numel() for p in self.lower.parameters()),
+            "git_commit": git_commit(),
+            "versions": library_versions(),
+        }
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "upper": self.upper.state_dict(),
+            "lower": self.lower.state_dict(),
+            "upper_opt": self.upper_opt.state_dict(),
+            "lower_opt": self.lower_opt.state_dict(),
+            "train_stream": self.train_stream.state_dict(),
+            "val_stream": self.val_stream.state_dict(),
+            "history": self.history,
+            "best": self.best,
+            "config": self.cfg.to_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.upper.load_state_dict(state["upper"])
+        self.lower.load_state_dict(state["lower"])
+        self.upper_opt.load_state_dict(state["upper_opt"])
+        self.lower_opt.load_state_dict(state["lower_opt"])
+        self.train_stream.load_state_dict(state["train_stream"])
+        self.val_stream.load_state_dict(state["val_stream"])
+        self.step, self.elapsed_s = int(state["step"]), float(state["elapsed_s"])
+        self.history, self.best = list(state["history"]), dict(state["best"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save(self, path: str | Path) -> Path:
+        return save_checkpoint(self.state_dict(), path)
+
+    def resume(self, path: str | Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+
+
+def _step(optimizer: torch.optim.Optimizer) -> None:
+    """Step, then drop the gradients: no ω-sized tensor survives into the next forward pass."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _apply(params: list[nn.Parameter], gradients: Grads) -> None:
+    for p, g in zip(params, gradients, strict=True):
+        p.grad = g

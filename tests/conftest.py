@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny run configurations that train in seconds on 2 CPUs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bgl.config import RunConfig, from_dict
+
+
+def tiny_config_dict(tmp_path, **sections: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "name": "tiny",
+        "seed": 0,
+        "output_dir": str(tmp_path / "results"),
+        "task": {"name": "enhance", "options": {"width": 8}},
+        "model": {"generator_width": 8},
+        "data": {
+            "train_size": 16,
+            "val_size": 8,
+            "test_size": 4,
+            "crop": 32,
+            "batch_size": 2,
+            "val_batch_size": 2,
+            "eval_batch_size": 4,
+        },
+        "solver": {"name": "ibgl", "k": 2},
+        "train": {
+            "warm_steps": 3,
+            "steps": 4,
+            "eval_every": 2,
+            "log_every": 1,
+            "checkpoint_every": 3,
+            "device": "cpu",
+        },
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            cfg.setdefault(key, {}).update(value)
+        else:
+            cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    def make(**sections: Any) -> RunConfig:
+        return from_dict(tiny_config_dict(tmp_path, **sections))
+
+    return make

@@ -1,0 +1,118 @@
+"""The training loop: both phases, pass counts per solver, resume, schedules, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bgl.train.loop import DivergedError, Trainer
+from bgl.train.schedule import cosine_lr
+
+
+def _params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+@pytest.mark.parametrize("solver,k", [("naive", 1), ("tbgl", 1), ("ibgl", 2)])
+def test_phases_and_history(tiny_config, solver, k):
+    trainer = Trainer(tiny_config(solver={"name": solver, "k": k}))
+    summary = trainer.fit()
+    assert trainer.step == 7 and summary["status"] == "completed"
+    evals = [r for r in trainer.history if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4, 6, 7]
+    assert [r["phase"] for r in trainer.history if r["kind"] == "train"][:3] == ["warm"] * 2 + [
+        "bilevel"
+    ]
+    assert {"psnr", "ssim", "psnr_input"} <= set(summary["final"])
+    assert summary["best"]["metric"] == "psnr"
+    assert all(math.isfinite(v) for v in summary["final"].values())
+
+
+@pytest.mark.parametrize(
+    "solver,k,lower_calls,upper_calls",
+    [
+        ("naive", 1, 1, 1),  # lower step; ∇ω L_F
+        ("tbgl", 1, 4, 2),  # unrolled step, two finite-difference passes, lower step; v, ∇ω L_F
+        ("ibgl", 3, 4, 1),  # k lower steps + one ∇ L_G at the current θ
+    ],
+)
+def test_pass_counts_per_upper_step(tiny_config, solver, k, lower_calls, upper_calls):
+    trainer = Trainer(tiny_config(solver={"name": solver, "k": k}, train={"warm_steps": 0}))
+    counts = {"lower": 0, "upper": 0}
+    lower_loss, upper_loss = trainer.task.lower_loss, trainer.task.upper_loss
+
+    def count(name, fn):
+        def wrapped(*args):
+            counts[name] += 1
+            return fn(*args)
+
+        return wrapped
+
+    trainer.problem = type(trainer.problem)(
+        trainer.upper, trainer.lower, count("lower", lower_loss), count("upper", upper_loss)
+    )
+    trainer.task.lower_loss = count("lower", lower_loss)
+    before_upper, before_lower = _params(trainer.upper), _params(trainer.lower)
+    trainer.bilevel_step(lower_lr=1e-3)
+    assert counts == {"lower": lower_calls, "upper": upper_calls}
+    assert all(not torch.equal(a, b) for a, b in zip(before_upper, trainer.upper.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before_lower, trainer.lower.parameters()))
+
+
+def test_lower_step_leaves_upper_untouched(tiny_config):
+    trainer = Trainer(tiny_config())
+    before = _params(trainer.upper)
+    trainer.lower_step(next(trainer.train_stream))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.upper.parameters()))
+    assert all(p.grad is None for p in trainer.upper.parameters())
+
+
+def test_resume_continues_exactly(tiny_config, tmp_path):
+    cfg = tiny_config(solver={"name": "tbgl", "k": 1})
+    straight = Trainer(cfg)
+    straight.fit()
+
+    first = Trainer(cfg)
+    first.fit(run_dir=tmp_path / "run", until=4)
+    assert first.step == 4 and (tmp_path / "run" / "checkpoint.pt").exists()
+    resumed = Trainer(cfg)
+    resumed.resume(tmp_path / "run" / "checkpoint.pt")
+    assert resumed.step == 4
+    resumed.fit()
+    for module in ("upper", "lower"):
+        for a, b in zip(
+            getattr(straight, module).state_dict().values(),
+            getattr(resumed, module).state_dict().values(),
+        ):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_learning_rate_schedule(tiny_config):
+    assert cosine_lr(0, 11, 3e-3, 5e-6) == pytest.approx(3e-3)
+    assert cosine_lr(10, 11, 3e-3, 5e-6) == pytest.approx(5e-6)
+    assert cosine_lr(5, 11, 3e-3, 5e-6) == pytest.approx((3e-3 + 5e-6) / 2)
+    trainer = Trainer(tiny_config())
+    trainer.fit()
+    last = [r for r in trainer.history if r["kind"] == "train"][-1]
+    assert last["upper_lr"] == pytest.approx(5e-6) and last["lower_lr"] == pytest.approx(3e-5)
+
+
+def test_nan_loss_raises_diverged_with_the_reason(tiny_config):
+    trainer = Trainer(tiny_config(train={"warm_steps": 0}))
+    real = trainer.task.lower_loss
+    trainer.task.lower_loss = lambda u, lo, b: real(u, lo, b) * float("nan")
+    with pytest.raises(DivergedError, match="lower loss L_G is nan at step 0"):
+        trainer.fit()
+
+
+@pytest.mark.slow
+def test_short_training_beats_the_amplified_input(tiny_config):
+    cfg = tiny_config(
+        data={"train_size": 64, "crop": 64, "test_size": 8, "batch_size": 4},
+        model={"generator_width": 16},
+        train={"warm_steps": 120, "steps": 30, "eval_every": 150, "log_every": 50},
+    )
+    summary = Trainer(cfg).fit()
+    assert summary["final"]["psnr"] > summary["final"]["psnr_input"] + 0.5
