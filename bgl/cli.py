@@ -56,6 +56,22 @@ def _bench_solvers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_run(args: argparse.Namespace) -> int:
+    from bgl.study.runner import run_study
+    from bgl.study.schema import load_study
+
+    study = load_study(args.study, args.set)  # fails before Ray starts, naming the key
+    folder = run_study(
+        study,
+        address=args.address,
+        resume=args.resume,
+        live=not args.no_live,
+        dashboard=args.dashboard,
+    )
+    console.print(f"results: {folder} (bgl results show {study.name})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -73,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--overwrite", action="store_true", help="discard an existing checkpoint")
     p.set_defaults(func=_train)
+
+    study = sub.add_parser("study", help="Ray Tune + Optuna studies")
+    ssub = study.add_subparsers(dest="study_command", required=True)
+    s = ssub.add_parser("run", help="run or resume a study (local Ray, or a cluster)")
+    s.add_argument("study", help="study YAML (e.g. studies/quickstart.yaml)")
+    s.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster: auto, or ray://host:10001 (default: start a local Ray)",
+    )
+    s.add_argument("--resume", action="store_true", help="finish an interrupted study")
+    s.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a study key, e.g. --set search.num_samples=12",
+    )
+    s.add_argument("--no-live", action="store_true", help="no live trial table")
+    s.add_argument(
+        "--dashboard", action="store_true", help="local mode: Ray dashboard on 127.0.0.1"
+    )
+    s.set_defaults(func=_study_run)
 
     bench = sub.add_parser("bench", help="benchmarks (write Parquet rows, print a table)")
     bsub = bench.add_subparsers(dest="bench", required=True)

@@ -174,13 +174,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key.path=value")
-        parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            set_path(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        except ConfigError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from exc
+
+
+def set_path(data: dict[str, Any], path: str, value: Any) -> None:
+    """data['a']['b'] = value for path 'a.b', creating sections on the way."""
+    parts = path.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{part} is not a section")
+    node[parts[-1]] = value
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

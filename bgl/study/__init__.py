@@ -1,1 +1,1 @@
-"""bgl.study"""
+"""bgl.study: Ray Train workers, Ray Tune + Optuna search, study YAML schema."""

@@ -1,0 +1,172 @@
+"""`bgl study run`: start or attach to Ray, build the Tuner, run, write results.
+
+Without an address a local Ray instance is started (laptop / single-GPU mode, dashboard off
+unless asked, and then bound to 127.0.0.1); with `--address auto|ray://...` the study runs on
+that cluster (token authentication stays as the cluster has it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bgl.config import ConfigError
+from bgl.results.tables import finished_trials
+from bgl.study.schema import StudyConfig
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR = "tune"
+
+
+def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    os.environ.pop("RAY_ADDRESS", None)  # a set RAY_ADDRESS would attach instead of starting
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        _temp_dir="/tmp/bgl-ray",  # short: unix socket paths are limited to ~107 bytes
+        log_to_driver=False,
+    )
+
+
+def build_searcher(study: StudyConfig) -> Any:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.tune.search.optuna import OptunaSearch
+
+    from bgl.study.space import define_by_run
+
+    study.study_dir.mkdir(parents=True, exist_ok=True)
+    storage = JournalStorage(JournalFileBackend(str(study.study_dir / "optuna.journal")))
+    sampler = (
+        optuna.samplers.RandomSampler(seed=study.sampler_seed)
+        if study.sampler == "random"
+        else optuna.samplers.TPESampler(seed=study.sampler_seed)
+    )
+    metrics = [o.metric for o in study.objectives]
+    modes = [o.mode for o in study.objectives]
+    return OptunaSearch(
+        space=define_by_run(study),
+        metric=metrics if study.multi_objective else metrics[0],
+        mode=modes if study.multi_objective else modes[0],
+        sampler=sampler,
+        points_to_evaluate=study.initial or None,
+        storage=storage,
+        study_name=study.name,
+    )
+
+
+def _callbacks(study: StudyConfig, live: bool) -> list[Any]:
+    from bgl.study.callbacks import LiveTable, ParquetResults
+
+    callbacks: list[Any] = [ParquetResults(study)]
+    if live:
+        callbacks.append(LiveTable(study))
+    if study.logging.mlflow is not None:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        callbacks.append(MLflowLoggerCallback(**study.logging.mlflow))
+    if study.logging.wandb is not None:
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        callbacks.append(WandbLoggerCallback(**study.logging.wandb))
+    return callbacks
+
+
+def run_study(
+    study: StudyConfig,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    live: bool = True,
+    dashboard: bool = False,
+) -> Path:
+    """Run (or resume) a study; returns the study folder with its Parquet tables."""
+    from ray import tune
+
+    from bgl.study.trial import run_trial
+
+    tune_dir = study.study_dir / TUNE_DIR
+    if resume and not tune_dir.exists():
+        raise ConfigError(f"--resume: no study at {tune_dir}")
+    if not resume and tune_dir.exists():
+        raise ConfigError(
+            f"{study.study_dir} already holds a study: pass --resume to finish it, or remove "
+            "the folder (or choose another name with --set name=...) to start again"
+        )
+    if not os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") and not study.logging.tensorboard:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    init_ray(address, dashboard=dashboard)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, study=study), {"cpu": study.resources.trial_cpus}
+    )
+    if resume:
+        done = finished_trials(study.study_dir)
+        log.info("resuming %s: %d trials already written", study.name, len(done))
+        tuner = tune.Tuner.restore(
+            str(tune_dir),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+        )
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=_tune_config(study),
+            param_space=_param_space(study),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(study.study_dir),
+                callbacks=_callbacks(study, live),
+                verbose=0,
+            ),
+        )
+    tuner.fit()
+    return study.study_dir
+
+
+def _tune_config(study: StudyConfig) -> Any:
+    from ray import tune
+
+    single = None if study.multi_objective else study.objectives[0]
+    scheduler = None
+    if study.scheduler is not None:
+        from ray.tune.schedulers import ASHAScheduler
+
+        s = study.scheduler
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            grace_period=s.grace_period,
+            reduction_factor=s.reduction_factor,
+            max_t=s.max_t or 10**6,
+        )
+    grid = study.sampler == "grid"
+    return tune.TuneConfig(
+        search_alg=None if grid else build_searcher(study),
+        scheduler=scheduler,
+        metric=single.metric if single and scheduler else None,
+        mode=single.mode if single and scheduler else None,
+        num_samples=study.num_samples,
+        max_concurrent_trials=study.resources.max_concurrent_trials,
+    )
+
+
+def _param_space(study: StudyConfig) -> dict[str, Any] | None:
+    if study.sampler == "grid":
+        from bgl.study.space import grid_space
+
+        return grid_space(study)
+    return None

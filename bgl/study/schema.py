@@ -1,0 +1,396 @@
+"""Study YAML: a base run config, a search space, resources and logging, validated before Ray.
+
+```yaml
+name: quickstart
+output_dir: results
+base: {...}                      # a run config (bgl.config.RunConfig), or `base_file: run.yaml`
+search:
+  num_samples: 6
+  metric: psnr                   # or objectives: [{metric: psnr, mode: max}, ...]
+  mode: max
+  sampler: tpe                   # tpe | random | grid (grid: Tune grid over categorical params)
+  seed: 0
+  solvers: [naive, tbgl, ibgl]
+  tasks: [enhance]
+  params:
+    solver.k: {type: int, low: 1, high: 5}           # sampled only when solver is ibgl
+    solver.delta: {type: float, low: 1.0e-3, high: 0.1, log: true}   # only for tbgl
+    optim.upper_lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+    seed: {type: categorical, choices: [0, 1, 2]}
+    data.batch_size: {value: 4}                      # a constant
+  scheduler: {name: asha, grace_period: 2, reduction_factor: 2}   # optional
+resources: {workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent_trials: 1}
+logging: {tensorboard: true, mlflow: null, wandb: null}
+```
+Every error names its key (`search.params.optim.upper_lr: low must be < high`).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bgl.config import ConfigError, RunConfig, apply_overrides, from_dict, set_path
+from bgl.solvers import SOLVERS
+
+# parameters that only exist for one solver (Optuna's define-by-run space makes them conditional)
+SOLVER_ONLY = {"solver.k": "ibgl", "solver.delta": "tbgl"}
+PARAM_TYPES = ("int", "float", "categorical")
+
+
+@dataclass
+class ParamSpec:
+    path: str
+    type: str  # int | float | categorical | constant
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    value: Any = None
+    solvers: list[str] | None = None  # sample only for these solvers
+
+    def applies_to(self, solver: str) -> bool:
+        return self.solvers is None or solver in self.solvers
+
+
+@dataclass
+class Objective:
+    metric: str
+    mode: str  # max | min
+
+
+@dataclass
+class SchedulerSpec:
+    name: str = "asha"
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    max_t: int | None = None
+
+
+@dataclass
+class Resources:
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent_trials: int = 1
+    trial_cpus: float = 0.01  # the trial driver only waits on its workers
+    max_failures: int = 1  # worker-group restarts from the last checkpoint
+
+
+@dataclass
+class Logging:
+    tensorboard: bool = True
+    mlflow: dict[str, Any] | None = None  # MLflowLoggerCallback kwargs
+    wandb: dict[str, Any] | None = None  # WandbLoggerCallback kwargs
+
+
+@dataclass
+class StudyConfig:
+    name: str
+    base: dict[str, Any]
+    output_dir: str = "results"
+    num_samples: int = 1
+    objectives: list[Objective] = field(default_factory=list)
+    sampler: str = "tpe"
+    sampler_seed: int | None = 0
+    solvers: list[str] = field(default_factory=lambda: ["ibgl"])
+    tasks: list[str] = field(default_factory=lambda: ["enhance"])
+    params: list[ParamSpec] = field(default_factory=list)
+    scheduler: SchedulerSpec | None = None
+    initial: list[dict[str, Any]] = field(default_factory=list)  # first points, then the sampler
+    resources: Resources = field(default_factory=Resources)
+    logging: Logging = field(default_factory=Logging)
+    source: str | None = None
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.output_dir).resolve() / self.name
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def trial_config(self, params: dict[str, Any], trial_name: str | None = None) -> RunConfig:
+        """The run config of one trial: the base with the sampled values set."""
+        data = copy.deepcopy(self.base)
+        for path, value in params.items():
+            set_path(data, path, value)
+        data["name"] = trial_name or self.name
+        data["output_dir"] = self.output_dir
+        return from_dict(data)
+
+
+_TOP = {"name", "output_dir", "base", "base_file", "search", "resources", "logging"}
+_SEARCH = {
+    "num_samples",
+    "metric",
+    "mode",
+    "objectives",
+    "sampler",
+    "seed",
+    "solvers",
+    "tasks",
+    "params",
+    "scheduler",
+    "initial",
+}
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """Read and validate a study YAML; `overrides` (`key.path=value`) apply to the study file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    apply_overrides(data, overrides or [])
+    if "base_file" in data:
+        base_path = (path.parent / str(data.pop("base_file"))).resolve()
+        if not base_path.is_file():
+            raise ConfigError(f"base_file: not found: {base_path}")
+        base = yaml.safe_load(base_path.read_text()) or {}
+        base.update(data.get("base") or {})
+        data["base"] = base
+    study = parse_study(data)
+    study.source = str(path)
+    return study
+
+
+def parse_study(data: dict[str, Any]) -> StudyConfig:
+    _no_unknown(data, _TOP, "")
+    name = data.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError("name: a non-empty study name without '/' is required")
+    base = data.get("base") or {}
+    if not isinstance(base, dict):
+        raise ConfigError("base: expected a mapping (a run config)")
+    try:
+        from_dict(base)
+    except ConfigError as exc:
+        raise ConfigError(f"base.{exc}") from exc
+    search = data.get("search") or {}
+    if not isinstance(search, dict):
+        raise ConfigError("search: expected a mapping")
+    _no_unknown(search, _SEARCH, "search.")
+    study = StudyConfig(name=name, base=base, output_dir=str(data.get("output_dir", "results")))
+    study.num_samples = _int(search.get("num_samples", 1), "search.num_samples", minimum=1)
+    study.objectives = _objectives(search)
+    study.sampler = _choice(
+        search.get("sampler", "tpe"), ("tpe", "random", "grid"), "search.sampler"
+    )
+    seed = search.get("seed", 0)
+    study.sampler_seed = None if seed is None else _int(seed, "search.seed", minimum=0)
+    study.solvers = _names(
+        search.get("solvers", [base.get("solver", {}).get("name", "ibgl")]),
+        SOLVERS,
+        "search.solvers",
+    )
+    from bgl.tasks import TASKS
+
+    study.tasks = _names(
+        search.get("tasks", [base.get("task", {}).get("name", "enhance")]),
+        tuple(TASKS),
+        "search.tasks",
+    )
+    params = search.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError("search.params: expected a mapping of config paths to ranges")
+    study.params = [_param(path, spec) for path, spec in params.items()]
+    initial = search.get("initial") or []
+    if not isinstance(initial, list) or not all(isinstance(i, dict) for i in initial):
+        raise ConfigError("search.initial: expected a list of {config.path: value} mappings")
+    study.initial = initial
+    if "scheduler" in search and search["scheduler"] is not None:
+        study.scheduler = _scheduler(search["scheduler"])
+        if study.multi_objective:
+            raise ConfigError("search.scheduler: ASHA needs a single objective")
+    if study.sampler == "grid":
+        for p in study.params:
+            if p.type not in ("categorical", "constant"):
+                raise ConfigError(
+                    f"search.params.{p.path}: sampler grid takes only choices or constants"
+                )
+    study.resources = _dataclass(Resources, data.get("resources") or {}, "resources.")
+    r = study.resources
+    if r.workers_per_trial < 1 or r.cpus_per_worker <= 0 or r.max_concurrent_trials < 1:
+        raise ConfigError(
+            "resources: workers_per_trial, cpus_per_worker and "
+            "max_concurrent_trials must be positive"
+        )
+    study.logging = _dataclass(Logging, data.get("logging") or {}, "logging.")
+    _check_paths_exist(study)
+    return study
+
+
+def _check_paths_exist(study: StudyConfig) -> None:
+    """Every searched path must be a real run-config key (checked with a sample value)."""
+    for p in study.params:
+        sample = (
+            p.value
+            if p.type == "constant"
+            else (p.choices[0] if p.type == "categorical" else p.low)
+        )
+        if p.type == "int":
+            sample = int(sample)
+        solver = SOLVER_ONLY.get(p.path, study.solvers[0])
+        try:
+            study.trial_config({"solver.name": solver, p.path: sample})
+        except ConfigError as exc:
+            raise ConfigError(f"search.params.{p.path}: {exc}") from exc
+
+
+def _param(path: str, spec: Any) -> ParamSpec:
+    key = f"search.params.{path}"
+    if not isinstance(spec, dict):
+        return ParamSpec(path, "constant", value=spec)
+    _no_unknown(
+        spec, {"type", "low", "high", "log", "step", "choices", "value", "solvers"}, key + "."
+    )
+    solvers = spec.get("solvers")
+    if solvers is not None:
+        solvers = _names(solvers, SOLVERS, key + ".solvers")
+    if path in SOLVER_ONLY:
+        only = SOLVER_ONLY[path]
+        if solvers not in (None, [only]):
+            raise ConfigError(f"{key}.solvers: {path} applies to {only} only")
+        solvers = [only]
+    if "value" in spec:
+        return ParamSpec(path, "constant", value=spec["value"], solvers=solvers)
+    kind = spec.get("type") or ("categorical" if "choices" in spec else "float")
+    _choice(kind, PARAM_TYPES, key + ".type")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{key}.choices: a non-empty list is required")
+        return ParamSpec(path, kind, choices=choices, solvers=solvers)
+    if "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{key}: {kind} ranges need low and high")
+    low, high = _number(spec["low"], key + ".low"), _number(spec["high"], key + ".high")
+    if not low < high:
+        raise ConfigError(f"{key}: empty range (low must be < high, got {low} and {high})")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise ConfigError(f"{key}: a log range needs low > 0")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise ConfigError(f"{key}: int ranges need integer bounds")
+    step = spec.get("step")
+    return ParamSpec(
+        path,
+        kind,
+        low=low,
+        high=high,
+        log=log,
+        step=None if step is None else _number(step, key + ".step"),
+        solvers=solvers,
+    )
+
+
+def _objectives(search: dict[str, Any]) -> list[Objective]:
+    if "objectives" in search:
+        if "metric" in search or "mode" in search:
+            raise ConfigError("search.objectives: give either objectives or metric/mode")
+        items = search["objectives"]
+        if not isinstance(items, list) or not items:
+            raise ConfigError("search.objectives: a non-empty list of {metric, mode}")
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or set(item) != {"metric", "mode"}:
+                raise ConfigError(f"search.objectives[{i}]: expected {{metric, mode}}")
+            out.append(
+                Objective(
+                    str(item["metric"]),
+                    _choice(item["mode"], ("max", "min"), f"search.objectives[{i}]"),
+                )
+            )
+        return out
+    metric = search.get("metric", "psnr")
+    return [
+        Objective(str(metric), _choice(search.get("mode", "max"), ("max", "min"), "search.mode"))
+    ]
+
+
+def _scheduler(spec: Any) -> SchedulerSpec:
+    if not isinstance(spec, dict):
+        raise ConfigError("search.scheduler: expected a mapping like {name: asha}")
+    s = _dataclass(SchedulerSpec, spec, "search.scheduler.")
+    _choice(s.name, ("asha",), "search.scheduler.name")
+    return s
+
+
+def _dataclass(cls: type, data: Any, prefix: str) -> Any:
+    import dataclasses
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _no_unknown(data, set(fields), prefix)
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{prefix}{key}: expected true/false, got {value!r}")
+        elif isinstance(default, int | float) and value is not None:
+            value = _number(value, prefix + key)
+            if isinstance(default, int) and not isinstance(default, bool):
+                value = _int(value, prefix + key)
+        elif (
+            isinstance(default, dict | type(None))
+            and value is not None
+            and key in ("mlflow", "wandb")
+            and not isinstance(value, dict)
+        ):
+            raise ConfigError(f"{prefix}{key}: expected a mapping of callback options or null")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _no_unknown(data: dict[str, Any], allowed: set[str], prefix: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]} (accepted: {', '.join(sorted(allowed))})"
+        )
+
+
+def _names(value: Any, allowed: tuple[str, ...], key: str) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: a non-empty list is required")
+    for v in value:
+        _choice(v, allowed, key)
+    return list(value)
+
+
+def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def _number(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def _int(value: Any, key: str, minimum: int | None = None) -> int:
+    number = _number(value, key)
+    if not float(number).is_integer():
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}")
+    return int(number)

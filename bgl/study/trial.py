@@ -1,0 +1,57 @@
+"""The Tune function trainable: one trial = one TorchTrainer fit (Ray Train V2 pattern).
+
+Uses `ray.tune.*` only; the workers use `ray.train.*`. The inner run's name comes from the trial
+id, so a restored study resumes each unfinished trial from its last Train checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bgl.study.schema import StudyConfig
+from bgl.study.space import drop_inapplicable
+from bgl.study.worker import FINAL_KEY, train_loop_per_worker
+
+
+def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    start = time.perf_counter()
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    params = drop_inapplicable(study, dict(config))
+    run = study.trial_config(params, trial_name=f"{study.name}-{trial_id}")
+    r = study.resources
+    use_gpu = r.gpus_per_worker > 0
+    per_worker = {"CPU": r.cpus_per_worker}
+    if use_gpu:
+        per_worker["GPU"] = r.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "run": run.to_dict(),
+            "objectives": [o.metric for o in study.objectives],
+        },
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",
+            storage_path=str(study.study_dir / "train"),
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    result = trainer.fit()
+    final = dict(result.metrics or {})
+    if not final.get(FINAL_KEY):
+        raise RuntimeError(f"trial {trial_id}: the workers ended without a final report")
+    final["trial_wall_s"] = time.perf_counter() - start
+    final["params_json"] = json.dumps(params, default=str)
+    tune.report(final)
