@@ -131,6 +131,8 @@ def validate(cfg: RunConfig) -> None:
             "a positive multiple of 32 (the packed RAW must pass 4 U-Net poolings)",
         ),
         ("model.generator_width", cfg.model.generator_width >= 1, "at least 1"),
+        ("data.root", cfg.data.name == "synthetic" or bool(cfg.data.root),
+         f"set to the dataset folder for dataset {cfg.data.name!r}"),
     ]
     for key, ok, want in checks:
         if not ok:

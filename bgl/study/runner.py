@@ -21,14 +21,15 @@ log = logging.getLogger(__name__)
 TUNE_DIR = "tune"
 
 
-def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | None = None) -> bool:
+    """Attach to a cluster or start a local instance; True when this call started Ray."""
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address:
         ray.init(address=address, log_to_driver=False)
-        return
+        return True
     os.environ.pop("RAY_ADDRESS", None)  # a set RAY_ADDRESS would attach instead of starting
     ray.init(
         address="local",
@@ -38,6 +39,7 @@ def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | No
         _temp_dir="/tmp/bgl-ray",  # short: unix socket paths are limited to ~107 bytes
         log_to_driver=False,
     )
+    return True
 
 
 def build_searcher(study: StudyConfig) -> Any:
@@ -108,7 +110,9 @@ def run_study(
         )
     if not os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") and not study.logging.tensorboard:
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    init_ray(address, dashboard=dashboard)
+    # experiment state after every step, so a killed driver loses no finished trial
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    started = init_ray(address, dashboard=dashboard)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study), {"cpu": study.resources.trial_cpus}
     )
@@ -134,7 +138,13 @@ def run_study(
                 verbose=0,
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
     return study.study_dir
 
 

@@ -120,6 +120,9 @@ class StudyConfig:
         data = copy.deepcopy(self.base)
         for path, value in params.items():
             set_path(data, path, value)
+        solver = data.setdefault("solver", {})
+        if solver.get("name", "ibgl") != "ibgl":
+            solver["k"] = 1  # k is IBGL's; naive and TBGL take one lower step
         data["name"] = trial_name or self.name
         data["output_dir"] = self.output_dir
         return from_dict(data)

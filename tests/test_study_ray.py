@@ -1,0 +1,97 @@
+"""Real local Ray: a study with a completed and a diverged trial; a killed driver resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from bgl.cli import main
+
+pytestmark = pytest.mark.slow
+
+BASE = {
+    "task": {"name": "enhance", "options": {"width": 4}},
+    "model": {"generator_width": 4},
+    "data": {"train_size": 8, "val_size": 4, "test_size": 4, "crop": 32, "batch_size": 2,
+             "val_batch_size": 2, "eval_batch_size": 4},
+    "optim": {"optimizer": "sgd"},
+    "train": {"warm_steps": 2, "steps": 2, "eval_every": 2, "log_every": 1,
+              "checkpoint_every": 2, "device": "cpu"},
+}
+
+
+def _write_study(tmp_path: Path, **search) -> Path:
+    study = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "results"),
+        "base": BASE,
+        "search": {"metric": "psnr", "mode": "max", "solvers": ["naive", "ibgl"], **search},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1,
+                      "max_concurrent_trials": 1},
+        "logging": {"tensorboard": False},
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def _rows(folder: Path, table: str) -> list[dict]:
+    return [pq.read_table(p).to_pylist()[0] if table == "trials" else pq.read_table(p).to_pylist()
+            for p in sorted((folder / table).glob("*.parquet"))]
+
+
+def test_study_records_completed_and_diverged_trials(tmp_path):
+    path = _write_study(
+        tmp_path, num_samples=2,
+        params={"optim.upper_lr": {"choices": [0.003, 1.0e12]},
+                "solver.k": {"type": "int", "low": 1, "high": 2}},
+        initial=[{"solver.name": "naive", "optim.upper_lr": 0.003},
+                 {"solver.name": "ibgl", "optim.upper_lr": 1.0e12, "solver.k": 2}],
+    )
+    assert main(["study", "run", str(path), "--no-live"]) == 0
+    folder = tmp_path / "results" / "tiny"
+    rows = {r["solver"]: r for r in _rows(folder, "trials")}
+    assert set(rows) == {"naive", "ibgl"}
+    assert rows["naive"]["status"] == "completed" and rows["naive"]["psnr"] > 0
+    assert rows["naive"]["param.solver.k"] is None  # conditional: null where it does not apply
+    assert rows["ibgl"]["param.solver.k"] == 2
+    assert rows["ibgl"]["status"] == "diverged" and "nan" in rows["ibgl"]["error"]
+    assert rows["naive"]["workers"] == 1 and rows["naive"]["git_commit"]
+    history = [h for part in _rows(folder, "history") for h in part]
+    assert {h["kind"] for h in history} == {"train", "eval"}
+    assert (folder / "optuna.journal").exists()
+    # the study folder exists now: a second run must be asked to resume
+    assert main(["study", "run", str(path), "--no-live"]) == 2
+
+
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    path = _write_study(tmp_path, num_samples=3, sampler="random",
+                        params={"solver.k": {"type": "int", "low": 1, "high": 2}})
+    folder = tmp_path / "results" / "tiny"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "bgl.cli", "study", "run", str(path), "--no-live"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((folder / "trials").glob("*.parquet")):
+        time.sleep(1)
+    first = {p.name: p.stat().st_mtime_ns for p in (folder / "trials").glob("*.parquet")}
+    assert first, "no trial finished before the deadline"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+    time.sleep(1)
+    assert main(["study", "run", str(path), "--resume", "--no-live"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (folder / "trials").glob("*.parquet")}
+    assert len(after) == 3
+    for name, mtime in first.items():  # finished trials were not run (or written) again
+        assert after[name] == mtime
+    assert {r["status"] for r in _rows(folder, "trials")} == {"completed"}
