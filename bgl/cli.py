@@ -72,6 +72,13 @@ def _study_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_study(args: argparse.Namespace) -> int:
+    from bgl.bench.study import run_study_bench
+
+    run_study_bench(out_dir=args.output_dir, console=console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bgl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -126,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--output-dir", default="results/bench")
     b.set_defaults(func=_bench_solvers)
+    b = bsub.add_parser("study", help="Ray's per-trial overhead; 1 vs 2 workers")
+    b.add_argument("--output-dir", default="results/bench")
+    b.set_defaults(func=_bench_study)
     return parser
 
 

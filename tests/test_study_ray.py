@@ -20,11 +20,24 @@ pytestmark = pytest.mark.slow
 BASE = {
     "task": {"name": "enhance", "options": {"width": 4}},
     "model": {"generator_width": 4},
-    "data": {"train_size": 8, "val_size": 4, "test_size": 4, "crop": 32, "batch_size": 2,
-             "val_batch_size": 2, "eval_batch_size": 4},
+    "data": {
+        "train_size": 8,
+        "val_size": 4,
+        "test_size": 4,
+        "crop": 32,
+        "batch_size": 2,
+        "val_batch_size": 2,
+        "eval_batch_size": 4,
+    },
     "optim": {"optimizer": "sgd"},
-    "train": {"warm_steps": 2, "steps": 2, "eval_every": 2, "log_every": 1,
-              "checkpoint_every": 2, "device": "cpu"},
+    "train": {
+        "warm_steps": 2,
+        "steps": 2,
+        "eval_every": 2,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "device": "cpu",
+    },
 }
 
 
@@ -34,8 +47,7 @@ def _write_study(tmp_path: Path, **search) -> Path:
         "output_dir": str(tmp_path / "results"),
         "base": BASE,
         "search": {"metric": "psnr", "mode": "max", "solvers": ["naive", "ibgl"], **search},
-        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1,
-                      "max_concurrent_trials": 1},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
         "logging": {"tensorboard": False},
     }
     path = tmp_path / "study.yaml"
@@ -44,17 +56,24 @@ def _write_study(tmp_path: Path, **search) -> Path:
 
 
 def _rows(folder: Path, table: str) -> list[dict]:
-    return [pq.read_table(p).to_pylist()[0] if table == "trials" else pq.read_table(p).to_pylist()
-            for p in sorted((folder / table).glob("*.parquet"))]
+    return [
+        pq.read_table(p).to_pylist()[0] if table == "trials" else pq.read_table(p).to_pylist()
+        for p in sorted((folder / table).glob("*.parquet"))
+    ]
 
 
 def test_study_records_completed_and_diverged_trials(tmp_path):
     path = _write_study(
-        tmp_path, num_samples=2,
-        params={"optim.upper_lr": {"choices": [0.003, 1.0e12]},
-                "solver.k": {"type": "int", "low": 1, "high": 2}},
-        initial=[{"solver.name": "naive", "optim.upper_lr": 0.003},
-                 {"solver.name": "ibgl", "optim.upper_lr": 1.0e12, "solver.k": 2}],
+        tmp_path,
+        num_samples=2,
+        params={
+            "optim.upper_lr": {"choices": [0.003, 1.0e12]},
+            "solver.k": {"type": "int", "low": 1, "high": 2},
+        },
+        initial=[
+            {"solver.name": "naive", "optim.upper_lr": 0.003},
+            {"solver.name": "ibgl", "optim.upper_lr": 1.0e12, "solver.k": 2},
+        ],
     )
     assert main(["study", "run", str(path), "--no-live"]) == 0
     folder = tmp_path / "results" / "tiny"
@@ -73,13 +92,18 @@ def test_study_records_completed_and_diverged_trials(tmp_path):
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    path = _write_study(tmp_path, num_samples=3, sampler="random",
-                        params={"solver.k": {"type": "int", "low": 1, "high": 2}})
+    path = _write_study(
+        tmp_path,
+        num_samples=3,
+        sampler="random",
+        params={"solver.k": {"type": "int", "low": 1, "high": 2}},
+    )
     folder = tmp_path / "results" / "tiny"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "bgl.cli", "study", "run", str(path), "--no-live"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not list((folder / "trials").glob("*.parquet")):
         time.sleep(1)

@@ -16,8 +16,11 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 
 def _study(**search):
-    return {"name": "s", "base": {"task": {"options": {"width": 4}}},
-            "search": {"solvers": ["naive", "tbgl", "ibgl"], **search}}
+    return {
+        "name": "s",
+        "base": {"task": {"options": {"width": 4}}},
+        "search": {"solvers": ["naive", "tbgl", "ibgl"], **search},
+    }
 
 
 @pytest.mark.parametrize("name", ["quickstart", "solver_ablation", "paper_enhance"])
@@ -37,22 +40,39 @@ def test_quickstart_study_loads():
     ("data", "message"),
     [
         ({"name": "s", "serach": {}}, "unknown key serach"),
-        (_study(params={"optim.upper_lr": {"type": "float", "low": 1e-2, "high": 1e-3}}),
-         "search.params.optim.upper_lr: empty range"),
-        (_study(params={"optim.uper_lr": {"type": "float", "low": 1e-4, "high": 1e-3}}),
-         "search.params.optim.uper_lr: unknown key optim.uper_lr"),
-        (_study(params={"solver.k": {"type": "int", "low": 1, "high": 3, "solvers": ["tbgl"]}}),
-         "search.params.solver.k.solvers: solver.k applies to ibgl only"),
+        (
+            _study(params={"optim.upper_lr": {"type": "float", "low": 1e-2, "high": 1e-3}}),
+            "search.params.optim.upper_lr: empty range",
+        ),
+        (
+            _study(params={"optim.uper_lr": {"type": "float", "low": 1e-4, "high": 1e-3}}),
+            "search.params.optim.uper_lr: unknown key optim.uper_lr",
+        ),
+        (
+            _study(params={"solver.k": {"type": "int", "low": 1, "high": 3, "solvers": ["tbgl"]}}),
+            "search.params.solver.k.solvers: solver.k applies to ibgl only",
+        ),
         (_study(num_samples="many"), "search.num_samples: expected a number"),
         (_study(solvers=["adam"]), "search.solvers: must be one of naive, tbgl, ibgl"),
-        (_study(sampler="grid", params={"optim.upper_lr": {"low": 1e-4, "high": 1e-3}}),
-         "sampler grid takes only choices"),
-        (_study(objectives=[{"metric": "psnr", "mode": "max"},
-                            {"metric": "peak_memory_mib", "mode": "min"}],
-                scheduler={"name": "asha"}), "ASHA needs a single objective"),
+        (
+            _study(sampler="grid", params={"optim.upper_lr": {"low": 1e-4, "high": 1e-3}}),
+            "sampler grid takes only choices",
+        ),
+        (
+            _study(
+                objectives=[
+                    {"metric": "psnr", "mode": "max"},
+                    {"metric": "peak_memory_mib", "mode": "min"},
+                ],
+                scheduler={"name": "asha"},
+            ),
+            "ASHA needs a single objective",
+        ),
         ({"name": "s", "base": {"solver": {"kk": 1}}}, "base.unknown key solver.kk"),
-        ({"name": "s", "resources": {"workers_per_trial": "two"}},
-         "resources.workers_per_trial: expected a number"),
+        (
+            {"name": "s", "resources": {"workers_per_trial": "two"}},
+            "resources.workers_per_trial: expected a number",
+        ),
     ],
 )
 def test_bad_study_names_the_key(data, message):
@@ -61,12 +81,16 @@ def test_bad_study_names_the_key(data, message):
 
 
 def test_conditional_space_samples_k_only_for_ibgl_and_delta_only_for_tbgl():
-    study = parse_study(_study(params={
-        "solver.k": {"type": "int", "low": 1, "high": 5},
-        "solver.delta": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
-        "optim.upper_lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
-        "data.batch_size": 2,
-    }))
+    study = parse_study(
+        _study(
+            params={
+                "solver.k": {"type": "int", "low": 1, "high": 5},
+                "solver.delta": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+                "optim.upper_lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "data.batch_size": 2,
+            }
+        )
+    )
     space = define_by_run(study)
     seen = {}
     opt = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -85,12 +109,14 @@ def test_conditional_space_samples_k_only_for_ibgl_and_delta_only_for_tbgl():
     assert not {"solver.k", "solver.delta"} & seen["naive"]
     # grid points carry every parameter: the inapplicable ones are dropped per trial
     assert drop_inapplicable(study, {"solver.name": "naive", "solver.k": 3}) == {
-        "solver.name": "naive"}
+        "solver.name": "naive"
+    }
 
 
 def test_base_file_and_overrides(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump({"model": {"generator_width": 4}}))
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump({
-        "name": "s", "base_file": "run.yaml", "search": {"num_samples": 2}}))
+    (tmp_path / "study.yaml").write_text(
+        yaml.safe_dump({"name": "s", "base_file": "run.yaml", "search": {"num_samples": 2}})
+    )
     study = load_study(tmp_path / "study.yaml", ["search.num_samples=5"])
     assert study.num_samples == 5 and study.base["model"]["generator_width"] == 4

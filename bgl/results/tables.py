@@ -53,6 +53,9 @@ def trial_row(
 def trial_table(row: dict[str, Any], param_types: dict[str, str]) -> pa.Table:
     """One-row table with searched parameters typed by their spec (nulls keep their type)."""
     table = rows_to_table([row])
+    if "error" in table.column_names:  # a string column even when null, for every trial file
+        i = table.column_names.index("error")
+        table = table.set_column(i, "error", pa.array([row.get("error")], type=pa.string()))
     for path, kind in param_types.items():
         name = f"param.{path}"
         arrow = _ARROW.get(kind)

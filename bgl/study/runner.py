@@ -74,6 +74,10 @@ def _callbacks(study: StudyConfig, live: bool) -> list[Any]:
     from bgl.study.callbacks import LiveTable, ParquetResults
 
     callbacks: list[Any] = [ParquetResults(study)]
+    if not study.logging.tensorboard:  # auto loggers are off then: keep Tune's JSON and CSV
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+        callbacks += [JsonLoggerCallback(), CSVLoggerCallback()]
     if live:
         callbacks.append(LiveTable(study))
     if study.logging.mlflow is not None:
@@ -112,6 +116,9 @@ def run_study(
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # experiment state after every step, so a killed driver loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Tune's own console output off (verbose=0 is honoured by the classic reporter): the live
+    # table and the Parquet tables are the interface
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = init_ray(address, dashboard=dashboard)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study), {"cpu": study.resources.trial_cpus}
