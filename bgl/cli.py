@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_study_run)
 
+    from bgl.metrics.commands import add_eval_command
+
+    add_eval_command(sub)
+
     bench = sub.add_parser("bench", help="benchmarks (write Parquet rows, print a table)")
     bsub = bench.add_subparsers(dest="bench", required=True)
     b = bsub.add_parser("solvers", help="time and peak memory per upper step: naive/TBGL/IBGL")

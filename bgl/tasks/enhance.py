@@ -15,8 +15,11 @@ without ground truth while F is steered by the supervised upper loss through the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +27,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bgl.metrics.image import psnr, ssim
+from bgl.metrics.registry import get_metric, validate_metrics
 from bgl.models.enhance import IlluminationNet
 from bgl.raw.bayer import packed_to_rgb
 from bgl.tasks.base import Batch, Task
+
+log = logging.getLogger(__name__)
 
 #: BT.601 RGB -> YCbCr (rows: Y, Cb, Cr) for inputs in [0, 1]; the offsets cancel in differences.
 _YCBCR = torch.tensor(
@@ -110,6 +116,11 @@ class EnhanceTask(Task):
     Default weights follow SCI's released training code, whose loss is
     `1.5 * fidelity + 1.0 * smoothness` (sigma 10). `input_residual` selects G's SCI-style
     L = clamp(x + s) (default) or the plain L = clamp(s); see `IlluminationNet`.
+
+    `metrics` names the image-quality metrics `evaluate` reports for the enhanced image (see
+    `bgl.metrics.registry.METRICS`: psnr, ssim, lpips, vif, fsim, brisque, niqe, loe); psnr and
+    ssim are always reported. `metric_options` passes keyword options per metric, e.g.
+    `{"lpips": {"alexnet_weights": "/path/alexnet-owt-7be5be79.pth"}}`.
     """
 
     name = "enhance"
@@ -126,6 +137,8 @@ class EnhanceTask(Task):
         input_residual: bool = True,
         warm_generator_weight: float = 1.0,
         warm_detach_lower: bool = True,
+        metrics: Sequence[str] = ("psnr", "ssim"),
+        metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if min(smooth_weight, fidelity_weight, warm_generator_weight) < 0:
             raise ValueError(
@@ -142,6 +155,10 @@ class EnhanceTask(Task):
         self.input_residual = bool(input_residual)
         self.warm_generator_weight = float(warm_generator_weight)
         self.warm_detach_lower = bool(warm_detach_lower)
+        if isinstance(metrics, str):
+            raise ValueError(f"metrics must be a list of metric names, got the string {metrics!r}")
+        self.metrics = validate_metrics(tuple(metrics), metric_options)
+        self.metric_options = {k: dict(v) for k, v in (metric_options or {}).items()}
         self.build_lower()  # validate the G options now, not mid-study
 
     def build_lower(self) -> nn.Module:
@@ -248,9 +265,17 @@ class EnhanceTask(Task):
         weighted by batch size. Both modules run in eval mode (BatchNorm running statistics) under
         no_grad; their previous train/eval flags are restored afterwards. `psnr_input` is the
         naive baseline: the amplified RAW shown directly (see `amplified_input`).
+
+        The further `metrics` are per-image means of y as well, keyed by name; LOE compares y
+        with that amplified input (the low-light image it was enhanced from). An image a metric
+        leaves undefined (NaN, e.g. BRISQUE of a perfectly flat image) is left out of that
+        metric's mean, with a warning.
         """
         keys = ("psnr", "ssim", "psnr_generator", "psnr_input", "upper_loss", "lower_loss")
+        extra = [get_metric(m) for m in self.metrics if m not in keys]
         sums = dict.fromkeys(keys, 0.0)
+        extra_sums = {spec.name: 0.0 for spec in extra}
+        extra_counts = {spec.name: 0 for spec in extra}
         count = 0
         with torch.no_grad(), _eval_mode(upper, lower):
             for batch in batches:
@@ -264,9 +289,23 @@ class EnhanceTask(Task):
                 sums["upper_loss"] += F.l1_loss(y, rgb).item() * n
                 sums["lower_loss"] += self._lower_from(x01, illumination).item() * n
                 count += n
+                inputs = amplified_input(batch["raw"]) if extra else None
+                for spec in extra:
+                    values = spec(y, rgb, inputs, **self.metric_options.get(spec.name, {}))
+                    values = values.detach().double().cpu()
+                    defined = ~torch.isnan(values)
+                    extra_sums[spec.name] += values[defined].sum().item()
+                    extra_counts[spec.name] += int(defined.sum())
         if count == 0:
             raise ValueError("evaluate() got no batches")
-        return {key: value / count for key, value in sums.items()}
+        out = {key: value / count for key, value in sums.items()}
+        for name, total in extra_sums.items():
+            defined = extra_counts[name]
+            if defined < count:
+                undefined = count - defined
+                log.warning("%s is undefined (NaN) for %d of %d images", name, undefined, count)
+            out[name] = total / defined if defined else math.nan
+        return out
 
 
 def amplified_input(raw: torch.Tensor) -> torch.Tensor:
