@@ -120,9 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=_study_run)
 
+    from bgl.data.commands import add_data_bench_command, add_data_commands, add_develop_command
     from bgl.metrics.commands import add_eval_command
+    from bgl.results.commands import add_results_command
 
+    add_data_commands(sub)
+    add_develop_command(sub)
     add_eval_command(sub)
+    add_results_command(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (write Parquet rows, print a table)")
     bsub = bench.add_subparsers(dest="bench", required=True)
@@ -137,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto")
     b.add_argument("--output-dir", default="results/bench")
     b.set_defaults(func=_bench_solvers)
+    add_data_bench_command(bsub)
     b = bsub.add_parser("study", help="Ray's per-trial overhead; 1 vs 2 workers")
     b.add_argument("--output-dir", default="results/bench")
     b.set_defaults(func=_bench_study)

@@ -36,7 +36,7 @@ class DataConfig:
     name: str = "synthetic"
     root: str | None = None
     seed: int = 0  # the dataset's own seed (synthetic scenes); fixed across trial seeds
-    train_size: int = 64  # L_G batches come from here
+    train_size: int = 64  # L_G batches come from here (real datasets: 0 = the whole split)
     val_size: int = 16  # L_F batches (the upper level's validation set)
     test_size: int = 16  # held out: evaluation only
     crop: int = 64  # RGB side in pixels; the packed RAW is crop/2
@@ -45,6 +45,10 @@ class DataConfig:
     eval_batch_size: int = 8
     ratio_range: tuple[float, float] | None = None  # exposure ratios; None: dataset default
     camera_seed: int | None = 0  # synthetic: one camera for all splits; null: one per image
+    cache: str | None = None  # real datasets: packed cache base folder (None: <root>/.bgl-cache)
+    skip_bad: bool = False  # real datasets: skip (and list) bad files instead of failing
+    eval_crop: int | None = None  # test-split crop; None: data.crop, 0: full frames
+    max_boxes: int = 256  # DARK FACE: boxes per image (padded with -1)
 
 
 @dataclass
@@ -131,8 +135,11 @@ def validate(cfg: RunConfig) -> None:
             "a positive multiple of 32 (the packed RAW must pass 4 U-Net poolings)",
         ),
         ("model.generator_width", cfg.model.generator_width >= 1, "at least 1"),
-        ("data.root", cfg.data.name == "synthetic" or bool(cfg.data.root),
-         f"set to the dataset folder for dataset {cfg.data.name!r}"),
+        (
+            "data.root",
+            cfg.data.name == "synthetic" or bool(cfg.data.root),
+            f"set to the dataset folder for dataset {cfg.data.name!r}",
+        ),
     ]
     for key, ok, want in checks:
         if not ok:

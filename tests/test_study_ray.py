@@ -41,13 +41,14 @@ BASE = {
 }
 
 
-def _write_study(tmp_path: Path, **search) -> Path:
+def _write_study(tmp_path: Path, workers: int = 1, **search) -> Path:
     study = {
         "name": "tiny",
         "output_dir": str(tmp_path / "results"),
         "base": BASE,
         "search": {"metric": "psnr", "mode": "max", "solvers": ["naive", "ibgl"], **search},
-        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+        "resources": {"workers_per_trial": workers, "cpus_per_worker": 1 / workers,
+                      "max_concurrent_trials": 1},
         "logging": {"tensorboard": False},
     }
     path = tmp_path / "study.yaml"
@@ -65,6 +66,7 @@ def _rows(folder: Path, table: str) -> list[dict]:
 def test_study_records_completed_and_diverged_trials(tmp_path):
     path = _write_study(
         tmp_path,
+        workers=2,
         num_samples=2,
         params={
             "optim.upper_lr": {"choices": [0.003, 1.0e12]},
@@ -83,7 +85,7 @@ def test_study_records_completed_and_diverged_trials(tmp_path):
     assert rows["naive"]["param.solver.k"] is None  # conditional: null where it does not apply
     assert rows["ibgl"]["param.solver.k"] == 2
     assert rows["ibgl"]["status"] == "diverged" and "nan" in rows["ibgl"]["error"]
-    assert rows["naive"]["workers"] == 1 and rows["naive"]["git_commit"]
+    assert rows["naive"]["workers"] == 2 and rows["naive"]["git_commit"]  # gloo, 2 ranks
     history = [h for part in _rows(folder, "history") for h in part]
     assert {h["kind"] for h in history} == {"train", "eval"}
     assert (folder / "optuna.journal").exists()

@@ -1,16 +1,28 @@
 """Dataset registry: a data config -> the train / val / test splits of the bilevel problem.
 
 train feeds L_G (lower level), val feeds L_F (upper level), test is held out for evaluation.
+
+Real datasets (sid, darkface, acdc) read ``data.root`` in their published layout. Their split
+membership is fixed by the dataset (SID's list files; a fixed-seed partition for DARK FACE and
+ACDC, see their modules); ``data.{train,val,test}_size`` then take a seeded subset of that many
+items (0 or less: the whole split). ``data.crop`` is the RGB side of training/validation crops,
+``data.eval_crop`` that of the test split (None: data.crop; 0: full frames).
 """
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
 
 from torch.utils.data import Dataset
 
 from bgl.config import ConfigError, DataConfig
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test")
-DATASETS = ("synthetic",)
+REAL_DATASETS = ("sid", "darkface", "acdc")
+DATASETS = ("synthetic", *REAL_DATASETS)
 
 
 def build_splits(cfg: DataConfig) -> dict[str, Dataset]:
@@ -25,4 +37,43 @@ def build_splits(cfg: DataConfig) -> dict[str, Dataset]:
             split: SyntheticLowLight(sizes[split], size=cfg.crop, seed=3 * cfg.seed + i, **extra)
             for i, split in enumerate(SPLITS)
         }
+    if cfg.name in REAL_DATASETS:
+        return _real_splits(cfg)
     raise ConfigError(f"data.name: unknown dataset {cfg.name!r}; available: {', '.join(DATASETS)}")
+
+
+def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:
+    """SID / DARK FACE / ACDC splits."""
+    if not cfg.root:
+        raise ConfigError(f"data.root: dataset {cfg.name!r} needs the folder that holds its files")
+    if not Path(cfg.root).is_dir():
+        raise ConfigError(f"data.root: {cfg.root} is not a folder")
+    cache, skip_bad, eval_crop = cfg.cache, cfg.skip_bad, cfg.eval_crop
+    from bgl.data.real import SubsetTooLarge
+
+    sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
+
+    common = {"cache": cache, "skip_bad": skip_bad, "seed": cfg.seed}
+    if cfg.name == "sid":
+        from bgl.data.sid import SIDSony as cls
+    elif cfg.name == "darkface":
+        from bgl.data.darkface import DarkFace as cls
+
+        common["max_boxes"] = cfg.max_boxes
+    else:
+        from bgl.data.acdc import ACDCNight as cls
+    if cfg.name == "sid" and cfg.ratio_range is not None:
+        log.warning("data.ratio_range is ignored for sid: ratios come from the exposure times")
+    if cfg.name != "sid":
+        common.update(ratio_range=cfg.ratio_range, camera_seed=cfg.camera_seed, synth_seed=cfg.seed)
+    splits: dict[str, Dataset] = {}
+    for split in SPLITS:
+        crop = cfg.crop if split != "test" or eval_crop is None else int(eval_crop)
+        try:
+            splits[split] = cls(cfg.root, split, crop, size=sizes[split], **common)
+        except SubsetTooLarge as exc:
+            raise ConfigError(f"data.{split}_size: {exc}") from None
+        bad = splits[split].bad  # type: ignore[attr-defined]
+        if bad.items:
+            log.warning(bad.summary())
+    return splits

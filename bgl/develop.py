@@ -1,0 +1,290 @@
+"""Develop a user's own camera RAW file with a trained generative block (``bgl develop``).
+
+Why tiles: a 24-megapixel frame packs to 4 x 2000 x 3000; SID's U-Net at width 32 would need
+several GB of activations at once. The packed frame is cut into overlapping tiles (default 512
+packed pixels, 64 of overlap), each tile runs through F (and optionally the enhancement network
+G) on its own, and the outputs are blended with weights that ramp linearly across each overlap,
+so seams vanish and memory stays bounded by one tile whatever the frame size.
+
+Checkpoints: the training checkpoint written by ``Trainer.save`` ("upper", "lower", "config")
+or a bare GenerativeBlock state dict, always read with ``torch.load(weights_only=True)``. The
+width is inferred from the weights; ``--width`` (or the checkpoint's config) must agree with it.
+
+Output: the camera's orientation flag is applied (portrait shots come out upright), then an 8- or
+16-bit PNG is written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bgl.models.enhance import IlluminationNet
+from bgl.models.generator import MULTIPLE, GenerativeBlock
+
+__all__ = [
+    "AUTO_RATIO_TARGET",
+    "DevelopResult",
+    "LoadedModels",
+    "auto_ratio",
+    "blend_ramp",
+    "develop_file",
+    "develop_tiled",
+    "load_models",
+    "orient",
+    "tile_starts",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``--ratio auto`` scales the frame so its mean linear RAW value becomes this (a heuristic:
+#: a well-exposed linear RAW averages roughly a tenth of white), within SID's 1..300.
+AUTO_RATIO_TARGET = 0.1
+MAX_RATIO = 300.0
+
+
+@dataclass
+class LoadedModels:
+    upper: GenerativeBlock
+    lower: IlluminationNet | None
+    width: int
+    source: str  # "trainer checkpoint" or "state dict"
+
+
+def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop DDP/compile prefixes ('module.', '_orig_mod.') so any saved F loads."""
+    out = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            while key.startswith(prefix):
+                key = key[len(prefix) :]
+        out[key] = value
+    return out
+
+
+def _load_state(model: nn.Module, state: dict[str, Any], path: Path, what: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: the {what} weights do not fit: {exc}") from None
+
+
+def load_models(
+    path: str | Path,
+    *,
+    width: int | None = None,
+    enhance: bool = False,
+) -> LoadedModels:
+    """F (and G with ``enhance``) from a trainer checkpoint or a bare GenerativeBlock state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or pickled objects weights_only refuses
+        raise ValueError(f"{path}: cannot read checkpoint with weights_only=True ({exc})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a dict of weights, got {type(state).__name__}")
+    config: dict[str, Any] = {}
+    lower_state = None
+    if "upper" in state:
+        upper_state, source = state["upper"], "trainer checkpoint"
+        config = state.get("config") or {}
+        lower_state = state.get("lower")
+    elif state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        upper_state, source = state, "state dict"
+    else:
+        raise ValueError(
+            f"{path}: neither a training checkpoint (with 'upper') nor a GenerativeBlock state dict"
+        )
+    upper_state = _strip_prefix(upper_state)
+    first = upper_state.get("down.0.0.weight")
+    if not isinstance(first, torch.Tensor) or first.ndim != 4:
+        raise ValueError(f"{path}: no GenerativeBlock weights (missing 'down.0.0.weight')")
+    inferred = int(first.shape[0])
+    config_width = (config.get("model") or {}).get("generator_width")
+    for name, value in (
+        ("--width", width),
+        ("the checkpoint's model.generator_width", config_width),
+    ):
+        if value is not None and int(value) != inferred:
+            raise ValueError(f"{path}: {name} is {value} but the weights have width {inferred}")
+    upper = GenerativeBlock(width=inferred, in_channels=int(first.shape[1]))
+    _load_state(upper, upper_state, path, "generative block")
+    lower = None
+    if enhance:
+        if lower_state is None:
+            raise ValueError(
+                f"{path}: --enhance needs a training checkpoint with the enhancement network "
+                "('lower'); this file holds the generative block only"
+            )
+        task = config.get("task") or {}
+        if task.get("name", "enhance") != "enhance":
+            raise ValueError(
+                f"{path}: --enhance needs an enhancement-task checkpoint; this one is for task "
+                f"{task.get('name')!r}"
+            )
+        lower_state = _strip_prefix(lower_state)
+        accepted = set(inspect.signature(IlluminationNet.__init__).parameters) - {"self"}
+        options = {k: v for k, v in (task.get("options") or {}).items() if k in accepted}
+        if "in_conv.0.weight" in lower_state:
+            options["width"] = int(lower_state["in_conv.0.weight"].shape[0])
+        lower = IlluminationNet(**options)
+        _load_state(lower, lower_state, path, "enhancement network")
+    return LoadedModels(upper.eval(), lower.eval() if lower else None, inferred, source)
+
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins covering [0, size) with at least ``overlap`` shared between neighbours."""
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, size - tile, step))
+    starts.append(size - tile)
+    return starts
+
+
+def blend_ramp(length: int, ramp: int, rise: bool, fall: bool) -> torch.Tensor:
+    """1-D blending weights: linear ramps of ``ramp`` samples at the ends that meet a neighbour."""
+    w = torch.ones(length, dtype=torch.float32)
+    ramp = min(ramp, length // 2)
+    if ramp > 0:
+        edge = (torch.arange(ramp, dtype=torch.float32) + 0.5) / ramp
+        if rise:
+            w[:ramp] = edge
+        if fall:
+            w[length - ramp :] = edge.flip(0)
+    return w
+
+
+@torch.no_grad()
+def develop_tiled(
+    upper: nn.Module,
+    packed: torch.Tensor,
+    *,
+    lower: nn.Module | None = None,
+    tile: int = 512,
+    overlap: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """(4, h, w) packed RAW -> (3, 2h, 2w) RGB in [0, 1] on the CPU, one tile at a time.
+
+    ``tile``/``overlap`` are in packed pixels; the tile is rounded up to a multiple of 16 (F's
+    pooling) and the overlap to an even number.
+    """
+    if packed.ndim != 3 or packed.shape[0] != 4:
+        raise ValueError(f"packed RAW must be (4, h, w); got {tuple(packed.shape)}")
+    if tile < MULTIPLE or overlap < 0 or overlap >= tile:
+        raise ValueError(f"need tile >= {MULTIPLE} and 0 <= overlap < tile; got {tile}, {overlap}")
+    tile = -(-tile // MULTIPLE) * MULTIPLE
+    overlap += overlap % 2
+    device = torch.device(device)
+    _, h, w = packed.shape
+    out = torch.zeros((3, 2 * h, 2 * w), dtype=torch.float32)
+    weight = torch.zeros((1, 2 * h, 2 * w), dtype=torch.float32)
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    for y in ys:
+        th = min(tile, h - y)
+        wy = blend_ramp(2 * th, 2 * overlap, rise=y > 0, fall=y + th < h)
+        for x in xs:
+            tw = min(tile, w - x)
+            wx = blend_ramp(2 * tw, 2 * overlap, rise=x > 0, fall=x + tw < w)
+            z = packed[None, :, y : y + th, x : x + tw].to(device, torch.float32)
+            rgb = upper(z).clamp(0.0, 1.0)
+            if lower is not None:
+                rgb = (rgb / lower(rgb)).clamp(0.0, 1.0)
+            blend = (wy[:, None] * wx[None, :])[None]
+            ys2, xs2 = slice(2 * y, 2 * (y + th)), slice(2 * x, 2 * (x + tw))
+            out[:, ys2, xs2] += rgb[0].float().cpu() * blend
+            weight[:, ys2, xs2] += blend
+    return out / weight
+
+
+def auto_ratio(linear: np.ndarray, target: float = AUTO_RATIO_TARGET) -> float:
+    """The amplification that brings the mean of a (ratio 1) linear RAW to ``target``."""
+    mean = float(np.mean(linear))
+    return float(np.clip(target / max(mean, 1e-6), 1.0, MAX_RATIO))
+
+
+def orient(image: np.ndarray, flip: int) -> np.ndarray:
+    """Apply LibRaw's orientation code to an (H, W, C) image (0 none, 3 180°, 5 CCW, 6 CW)."""
+    if flip == 3:
+        return image[::-1, ::-1]
+    if flip == 5:
+        return np.rot90(image, 1)
+    if flip == 6:
+        return np.rot90(image, -1)
+    return image
+
+
+@dataclass
+class DevelopResult:
+    output: str
+    ratio: float
+    pattern: str
+    raw_shape: tuple[int, int]
+    output_shape: tuple[int, int]
+    bits: int
+    width: int
+    enhanced: bool
+    seconds: float
+
+
+def develop_file(
+    photo: str | Path,
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    ratio: float | str = "auto",
+    width: int | None = None,
+    enhance: bool = False,
+    bits: int = 8,
+    tile: int = 512,
+    overlap: int = 64,
+    device: str = "auto",
+) -> DevelopResult:
+    """Read ``photo``, run F (and G) tiled, orient, and write an 8/16-bit PNG to ``output``."""
+    from bgl.data.png import write_png
+    from bgl.raw.read import read_raw
+    from bgl.results.provenance import resolve_device
+
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16; got {bits}")
+    start = time.perf_counter()
+    models = load_models(checkpoint, width=width, enhance=enhance)
+    dev = resolve_device(device)
+    frame = read_raw(photo)
+    if ratio == "auto":
+        ratio = auto_ratio(frame.normalized(1.0))
+        log.info("exposure ratio (auto): %.1f", ratio)
+    ratio = float(ratio)
+    if not ratio > 0:
+        raise ValueError(f"ratio must be positive; got {ratio}")
+    packed = torch.from_numpy(frame.normalized(ratio))
+    upper = models.upper.to(dev)
+    lower = models.lower.to(dev) if models.lower is not None else None
+    rgb = develop_tiled(upper, packed, lower=lower, tile=tile, overlap=overlap, device=dev)
+    image = rgb.permute(1, 2, 0).numpy()
+    scale = 255.0 if bits == 8 else 65535.0
+    pixels = np.rint(image * scale).astype(np.uint8 if bits == 8 else np.uint16)
+    pixels = orient(pixels, frame.flip)
+    write_png(output, pixels)
+    return DevelopResult(
+        str(output),
+        ratio,
+        frame.pattern,
+        (frame.packed.shape[1] * 2, frame.packed.shape[2] * 2),
+        (pixels.shape[0], pixels.shape[1]),
+        bits,
+        models.width,
+        lower is not None,
+        time.perf_counter() - start,
+    )

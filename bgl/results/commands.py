@@ -1,0 +1,448 @@
+"""`bgl results ...`: list, show, query, export and plot study results.
+
+```
+bgl results list
+bgl results show quickstart [--sort psnr] [--top 10] [--pareto psnr:max,peak_memory_mib:min]
+bgl results query "SELECT solver, max(psnr) FROM trials GROUP BY solver" [--study quickstart]
+bgl results export quickstart --format csv -o exports/quickstart
+bgl results plot quickstart -o plots/quickstart
+```
+`--results-dir` (default `results`) goes before or after the sub-command. Every handler takes
+the parsed Namespace and returns an exit code: 0 ok, 1 nothing to show, 2 a user error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bgl.results.query import (
+    EXPORT_FORMATS,
+    STATUSES,
+    ResultsError,
+    best_trial,
+    columns_of,
+    export,
+    is_number,
+    list_studies,
+    load_trials,
+    metric_columns,
+    metric_mode,
+    param_columns,
+    pareto_front,
+    parse_objectives,
+    peak_mib,
+    primary_metric,
+    query,
+    solver_summary,
+    sort_rows,
+    study_directions,
+)
+
+DEFAULT_RESULTS_DIR = "results"
+DEFAULT_PARETO = "psnr:max,peak_memory_mib:min"
+# columns every trials table has (sorting by one adds no column)
+_SHOWN_ALWAYS = {"trial_id", "status", "solver", "wall_time_s", "peak_memory_mib"}
+_STATUS_STYLE = {"completed": "green", "diverged": "yellow", "stopped": "cyan", "error": "red"}
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
+    """Add `results` and its sub-commands to an `add_subparsers()` object; returns `results`."""
+    parser = subparsers.add_parser(
+        "results",
+        help="list, show, query, export and plot study results",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument(
+        "--results-dir",
+        default=DEFAULT_RESULTS_DIR,
+        help=f"folder holding the study folders (default: {DEFAULT_RESULTS_DIR})",
+    )
+    sub = parser.add_subparsers(dest="results_command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="every study: trial counts, best metric, last change")
+    _results_dir(p)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("show", help="a study's trials, per-solver summary and Pareto front")
+    p.add_argument("study")
+    p.add_argument("--sort", metavar="METRIC", help="sort by this column (default: the metric)")
+    p.add_argument("--mode", choices=("max", "min"), help="sort direction (default: inferred)")
+    p.add_argument("--top", type=int, metavar="N", help="show only the first N trials")
+    p.add_argument(
+        "--metrics", metavar="LIST", help="comma-separated metric columns (default: all)"
+    )
+    p.add_argument(
+        "--pareto",
+        metavar="SPEC",
+        help=f"Pareto front over objectives, e.g. {DEFAULT_PARETO}",
+    )
+    _results_dir(p)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("query", help="SQL over the views `trials` and `history` (DuckDB)")
+    p.add_argument("sql", help='e.g. "SELECT solver, max(psnr) FROM trials GROUP BY solver"')
+    p.add_argument("--study", help="one study's views (default: every study, column `study`)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _results_dir(p)
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("export", help="write trials and history as csv, json or parquet")
+    p.add_argument("study")
+    p.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    p.add_argument("-o", "--output", metavar="DIR", help="folder (default: <study>/export)")
+    _results_dir(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("plot", help="PNG plots: metric vs k / delta, curves, Pareto front")
+    p.add_argument("study")
+    p.add_argument("-o", "--output", metavar="DIR", help="folder (default: <study>/plots)")
+    p.add_argument("--metric", help="metric to plot (default: the study's metric)")
+    p.add_argument("--pareto", metavar="SPEC", help=f"also a Pareto plot, e.g. {DEFAULT_PARETO}")
+    _results_dir(p)
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def _results_dir(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given after the sub-command it wins, otherwise the `results` default stands
+    parser.add_argument("--results-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Rich console on the current stdout/stderr; wide when not a terminal (pipes, tests)."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not stream.isatty() and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=400 if wide else None)
+
+
+def _handles_errors(fn: Handler) -> Handler:
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except ResultsError as exc:
+            _console(stderr=True).print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            return 2
+
+    return wrapper
+
+
+# -- list -----------------------------------------------------------------------------------
+
+
+@_handles_errors
+def cmd_list(args: argparse.Namespace) -> int:
+    studies = list_studies(args.results_dir)
+    console = _console()
+    if not studies:
+        console.print(f"no studies under {args.results_dir}")
+        return 1
+    table = Table(title=f"studies in {args.results_dir}")
+    for name in ("study", "trials", "completed", "diverged", "stopped", "errored"):
+        table.add_column(name, justify="left" if name == "study" else "right")
+    for name in ("metric", "best", "best trial", "last modified"):
+        table.add_column(name, justify="right" if name == "best" else "left")
+    for s in studies:
+        metric = f"{s['metric']} ({s['mode']})" if s["metric"] else "-"
+        table.add_row(
+            escape(s["study"]),
+            str(s["trials"]),
+            str(s["completed"]),
+            str(s["diverged"]),
+            str(s["stopped"]),
+            str(s["errored"]),
+            metric,
+            _fmt(s["best"], ".4f"),
+            s["best_trial"] or "-",
+            s["last_modified"].strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+    for s in studies:
+        if s.get("problem"):
+            console.print(f"  {s['study']}: {s['problem']}", highlight=False, markup=False)
+    return 0
+
+
+# -- show -----------------------------------------------------------------------------------
+
+
+@_handles_errors
+def cmd_show(args: argparse.Namespace) -> int:
+    rows = load_trials(args.results_dir, args.study)
+    console = _console()
+    columns = columns_of(rows)
+    metric = primary_metric(rows)
+    metrics = metric_columns(rows, metric)
+    if getattr(args, "metrics", None):
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        unknown = [m for m in metrics if m not in columns]
+        if unknown:
+            raise ResultsError(f"--metrics: no such column {', '.join(unknown)}")
+    sort = args.sort or metric
+    if sort and sort not in columns:
+        raise ResultsError(f"--sort {sort}: no such column (metrics: {', '.join(metrics)})")
+    mode = args.mode or (metric_mode(sort) if sort else None)
+    ordered = sort_rows(rows, sort, mode) if sort else list(rows)
+    shown = ordered[: args.top] if args.top is not None and args.top >= 0 else ordered
+
+    counts = {s: sum(r.get("status") == s for r in rows) for s in STATUSES}
+    title = f"{args.study}: {len(rows)} trials (" + ", ".join(
+        f"{n} {s}" for s, n in counts.items() if n
+    )
+    title += ")"
+    if metric:
+        best = best_trial(rows, metric, metric_mode(metric))
+        title += f"; {metric} ({metric_mode(metric)})"
+        if best is not None:
+            title += f" best {best[metric]:.4f} ({best['trial_id']}, {best.get('solver')})"
+    console.print(_trials_table(shown, rows, metrics, sort, mode, title))
+    _print_errors(console, shown)
+
+    summary = solver_summary(rows, metric, metric_mode(metric) if metric else None)
+    console.print(_summary_table(summary, metric))
+
+    objectives = None
+    if args.pareto:
+        objectives = parse_objectives(args.pareto)
+    elif _has(rows, "psnr") and _has(rows, "peak_memory_mib"):
+        if len(study_directions(args.results_dir, args.study)) > 1:
+            objectives = parse_objectives(DEFAULT_PARETO)
+        else:
+            console.print(
+                f"Pareto view: bgl results show {args.study} --pareto {DEFAULT_PARETO}",
+                highlight=False,
+            )
+    if objectives:
+        missing = [m for m, _ in objectives if m not in columns]
+        if missing:
+            raise ResultsError(f"--pareto: no such column {', '.join(missing)}")
+        console.print(_pareto_table(rows, objectives))
+    return 0
+
+
+def _trials_table(
+    shown: Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
+    metrics: Sequence[str],
+    sort: str | None,
+    mode: str | None,
+    title: str,
+) -> Table:
+    params, constants = _searched_params(rows)
+    caption = []
+    if sort:
+        caption.append(f"sorted by {sort} ({mode} first)")
+    if len(shown) < len(rows):
+        caption.append(f"top {len(shown)} of {len(rows)}")
+    if constants:
+        caption.append("constant: " + ", ".join(f"{k}={_fmt(v)}" for k, v in constants.items()))
+    table = Table(title=title, caption="; ".join(caption) or None, title_justify="left")
+    table.add_column("trial", no_wrap=True)
+    table.add_column("status")
+    table.add_column("solver")
+    for p in params:
+        table.add_column(p.removeprefix("param."), justify="right")
+    for m in metrics:
+        table.add_column(m, justify="right", style="bold" if m == sort else None)
+    extra = sort if sort and sort not in metrics and sort not in _SHOWN_ALWAYS else None
+    if extra and not extra.startswith("param."):
+        table.add_column(extra, justify="right", style="bold")
+    table.add_column("wall s", justify="right")
+    table.add_column("peak MiB", justify="right")
+    for r in shown:
+        status = str(r.get("status"))
+        cells = [
+            _fmt(r.get("trial_id")),
+            f"[{_STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]",
+            _fmt(r.get("solver")),
+        ]
+        cells += [_fmt(r.get(p), ".4g") for p in params]
+        cells += [_fmt(r.get(m), _spec(m)) for m in metrics]
+        if extra and not extra.startswith("param."):
+            cells.append(_fmt(r.get(extra), _spec(extra)))
+        cells += [_fmt(r.get("wall_time_s"), ".1f"), _fmt(peak_mib(r), ".0f")]
+        table.add_row(*cells)
+    return table
+
+
+def _searched_params(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+    """Parameter columns worth a table column, and those with one value in every trial."""
+    params, constants = [], {}
+    for p in param_columns(rows):
+        values = [r.get(p) for r in rows]
+        if p == "param.solver.name" and all(r.get(p) in (None, r.get("solver")) for r in rows):
+            continue  # the solver column already says it
+        distinct = {json.dumps(v, default=str) for v in values}
+        if len(rows) > 1 and len(distinct) == 1 and values[0] is not None:
+            constants[p.removeprefix("param.")] = values[0]
+        else:
+            params.append(p)
+    return params, constants
+
+
+def _print_errors(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+    for r in rows:
+        error = r.get("error")
+        if r.get("status") != "completed" and error:
+            last = [line for line in str(error).strip().splitlines() if line.strip()]
+            text = last[-1] if last else str(error)
+            console.print(
+                f"  {r.get('trial_id')} {r.get('status')}: {text[:300]}",
+                highlight=False,
+                markup=False,
+            )
+
+
+def _summary_table(summary: Sequence[Mapping[str, Any]], metric: str | None) -> Table:
+    table = Table(title="per solver", title_justify="left")
+    table.add_column("solver")
+    for name in ("trials", *STATUSES):
+        table.add_column(name, justify="right")
+    if metric:
+        table.add_column(f"best {metric}", justify="right")
+        table.add_column(f"mean {metric}", justify="right")
+        table.add_column("best trial")
+    table.add_column("mean wall s", justify="right")
+    table.add_column("mean peak MiB", justify="right")
+    for s in summary:
+        cells = [escape(s["solver"]), str(s["trials"]), *(str(s[k]) for k in STATUSES)]
+        if metric:
+            cells += [_fmt(s["best"], ".4f"), _fmt(s["mean"], ".4f"), s["best_trial"] or "-"]
+        cells += [_fmt(s["mean_wall_s"], ".1f"), _fmt(s["mean_peak_mib"], ".0f")]
+        table.add_row(*cells)
+    return table
+
+
+def _pareto_table(
+    rows: Sequence[Mapping[str, Any]], objectives: Sequence[tuple[str, str]]
+) -> Table:
+    front = pareto_front(rows, objectives)
+    spec = ", ".join(f"{m} {mode}" for m, mode in objectives)
+    params, _ = _searched_params(rows)
+    table = Table(title=f"Pareto front ({spec}): {len(front)} trials", title_justify="left")
+    table.add_column("trial", no_wrap=True)
+    table.add_column("solver")
+    for m, _ in objectives:
+        table.add_column(m, justify="right", style="bold")
+    for p in params:
+        table.add_column(p.removeprefix("param."), justify="right")
+    for r in front:
+        table.add_row(
+            _fmt(r.get("trial_id")),
+            _fmt(r.get("solver")),
+            *(_fmt(r.get(m), _spec(m)) for m, _ in objectives),
+            *(_fmt(r.get(p), ".4g") for p in params),
+        )
+    return table
+
+
+def _has(rows: Sequence[Mapping[str, Any]], column: str) -> bool:
+    return any(is_number(r.get(column)) for r in rows)
+
+
+# -- query ----------------------------------------------------------------------------------
+
+
+@_handles_errors
+def cmd_query(args: argparse.Namespace) -> int:
+    table = query(args.results_dir, args.sql, study=args.study)
+    columns = table.column_names  # by position: a query may repeat a name
+    data = [column.to_pylist() for column in table.columns]
+    rows = list(zip(*data)) if data else []
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if _null(v) else v for v in row])
+    elif args.format == "json":
+        clean = [{c: _json_value(v) for c, v in zip(columns, row)} for row in rows]
+        sys.stdout.write(json.dumps(clean, indent=2, default=str, allow_nan=False) + "\n")
+    else:
+        out = Table(caption=f"{len(rows)} row{'' if len(rows) == 1 else 's'}")
+        for name, values in zip(columns, data):
+            out.add_column(escape(name), justify="right" if _numeric(values) else "left")
+        for row in rows:
+            out.add_row(*(_fmt(v, ".6g") for v in row))
+        _console().print(out)
+    return 0
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    present = [v for v in values if v is not None]
+    return bool(present) and all(isinstance(v, int | float) for v in present)
+
+
+# -- export / plot --------------------------------------------------------------------------
+
+
+@_handles_errors
+def cmd_export(args: argparse.Namespace) -> int:
+    paths = export(args.results_dir, args.study, args.format, args.output)
+    console = _console()
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+    return 0
+
+
+@_handles_errors
+def cmd_plot(args: argparse.Namespace) -> int:
+    from bgl.results.plots import plot_study
+
+    objectives = parse_objectives(args.pareto) if args.pareto else None
+    report = plot_study(
+        args.results_dir, args.study, args.output, metric=args.metric, pareto=objectives
+    )
+    console = _console()
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    for path in report.paths:
+        console.print(f"wrote {path}", highlight=False)
+    return 0 if report.paths else 1
+
+
+# -- formatting -----------------------------------------------------------------------------
+
+
+def _spec(column: str) -> str:
+    """Format of a metric-like column: memory and seconds to 0.1, scores to 1e-4."""
+    name = column.lower()
+    if "mib" in name or "memory" in name or name.endswith("_s") or "time" in name:
+        return ".1f"
+    return ".4f"
+
+
+def _null(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    """'-' for NULL/NaN; numbers by `spec` (ints stay ints); anything else as text."""
+    if _null(value):
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return format(value, spec) if spec else f"{value:.6g}"
+    return escape(str(value))

@@ -1,0 +1,234 @@
+"""`bgl develop`: tiled inference of a trained generative block on a camera file (DNGs written
+here), checkpoints loaded with weights_only, orientation, 8- and 16-bit PNG output."""
+
+from __future__ import annotations
+
+import argparse
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import rawpy
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from bgl.config import from_dict
+from bgl.data.commands import add_develop_command
+from bgl.develop import (
+    auto_ratio,
+    blend_ramp,
+    develop_tiled,
+    load_models,
+    orient,
+    tile_starts,
+)
+from bgl.models.enhance import IlluminationNet
+from bgl.models.generator import GenerativeBlock
+from bgl.raw.dng import mosaic_from_linear, write_dng
+from bgl.raw.read import normalize_packed
+from bgl.train.loop import Trainer
+from tests.conftest import tiny_config_dict
+
+RGGB_SITES = [(0, 0), (0, 1), (1, 1), (1, 0)]
+
+
+def develop(*argv: str) -> int:
+    p = argparse.ArgumentParser(prog="bgl")
+    add_develop_command(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["develop", *argv])
+    return args.func(args)
+
+
+def decode_png16(path) -> np.ndarray:
+    """A minimal, independent PNG decoder for 16-bit RGB (filters None/Sub/Up only)."""
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, colour = header[:4]
+    assert depth == 16 and colour == 2
+    stride = width * 6
+    raw = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(height, stride + 1)
+    rows = np.zeros((height, stride), np.uint8)
+    for y in range(height):
+        kind, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        if kind == 1:
+            for x in range(6, stride):
+                line[x] = (line[x] + line[x - 6]) % 256
+        elif kind == 2 and y > 0:
+            line = (line + rows[y - 1]) % 256
+        rows[y] = line
+    return rows.view(">u2").reshape(height, width, 3).astype(np.uint16)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    linear = torch.rand(4, 24, 32, generator=g) * 0.02  # a dark frame
+    path = write_dng(tmp_path / "DSC0001.ARW", mosaic_from_linear(linear), "RGGB")
+    return path
+
+
+def _packed(path, ratio):
+    with rawpy.imread(str(path)) as raw:
+        mosaic = raw.raw_image_visible.copy()
+    packed = np.stack([mosaic[r::2, c::2] for r, c in RGGB_SITES])
+    return torch.from_numpy(normalize_packed(packed, [512] * 4, 16383, ratio))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A real training checkpoint, written by Trainer.save (built once for the module)."""
+    tmp = tmp_path_factory.mktemp("run")
+    cfg = from_dict(
+        tiny_config_dict(tmp, model={"generator_width": 4}, task={"options": {"width": 4}})
+    )
+    return Trainer(cfg).save(tmp / "checkpoint.pt")
+
+
+class Pointwise(nn.Module):
+    """A stand-in for F with no spatial context: tiling must reproduce it exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 12, 1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(F.pixel_shuffle(self.conv(z), 2))
+
+
+def test_tiles_cover_the_frame():
+    for size, tile, overlap in [(100, 32, 8), (32, 32, 8), (10, 32, 8), (65, 16, 4)]:
+        starts = tile_starts(size, tile, overlap)
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s : s + tile] = True
+        assert covered.all() and starts[-1] + min(tile, size) == size
+        assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    w = blend_ramp(16, 4, rise=True, fall=True)
+    assert torch.allclose(w[:4] + w.flip(0)[:4].flip(0), torch.ones(4))  # ramps sum to one
+    assert (w[4:12] == 1).all()
+
+
+def test_tiled_equals_full_frame_for_pointwise_model():
+    torch.manual_seed(0)
+    model = Pointwise()
+    packed = torch.rand(4, 50, 70)
+    full = model(packed[None])[0]
+    tiled = develop_tiled(model, packed, tile=16, overlap=4)
+    torch.testing.assert_close(tiled, full, atol=1e-6, rtol=0)
+
+
+def test_tiled_unet_output_shape_and_range():
+    torch.manual_seed(0)
+    out = develop_tiled(GenerativeBlock(2).eval(), torch.rand(4, 40, 56), tile=16, overlap=4)
+    assert out.shape == (3, 80, 112) and 0 <= out.min() and out.max() <= 1
+
+
+def test_develop_trainer_checkpoint_8_bit(photo, checkpoint, tmp_path):
+    out = tmp_path / "out.png"
+    assert (
+        develop(str(photo), "--checkpoint", str(checkpoint), "--ratio", "50", "-o", str(out)) == 0
+    )
+    image = np.asarray(Image.open(out))
+    assert image.shape == (48, 64, 3) and image.dtype == np.uint8
+    state = torch.load(checkpoint, weights_only=True)
+    model = GenerativeBlock(4)
+    model.load_state_dict(state["upper"])
+    with torch.no_grad():
+        want = model.eval()(_packed(photo, 50)[None])[0].clamp(0, 1)
+    want = np.rint(want.permute(1, 2, 0).numpy() * 255).astype(np.int16)
+    assert np.abs(image.astype(np.int16) - want).max() <= 1
+
+
+def test_develop_with_enhancement_16_bit(photo, checkpoint, tmp_path):
+    out = tmp_path / "out16.png"
+    args = [str(photo), "--checkpoint", str(checkpoint), "--ratio", "50", "-o", str(out)]
+    assert develop(*args, "--enhance", "--bits", "16") == 0
+    image = decode_png16(out)
+    assert image.shape == (48, 64, 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), image >> 8)  # Pillow agrees
+    state = torch.load(checkpoint, weights_only=True)
+    upper, lower = GenerativeBlock(4).eval(), IlluminationNet(4).eval()
+    upper.load_state_dict(state["upper"])
+    lower.load_state_dict(state["lower"])
+    with torch.no_grad():
+        x = upper(_packed(photo, 50)[None]).clamp(0, 1)
+        want = (x / lower(x)).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    want = np.rint(want * 65535).astype(np.int64)  # one tile: the same computation
+    assert np.abs(image.astype(np.int64) - want).max() <= 1
+    assert not np.array_equal(image, np.zeros_like(image))
+
+
+def test_bare_state_dict_and_width_checks(photo, tmp_path, capsys):
+    path = tmp_path / "gb.pt"
+    torch.save(GenerativeBlock(4).state_dict(), path)
+    out = str(tmp_path / "o.png")
+    assert develop(str(photo), "--checkpoint", str(path), "--width", "4", "-o", out) == 0
+    assert develop(str(photo), "--checkpoint", str(path), "--width", "8", "-o", out) == 2
+    assert "width 4" in capsys.readouterr().out
+    assert develop(str(photo), "--checkpoint", str(path), "--enhance", "-o", out) == 2
+    assert "enhancement network" in capsys.readouterr().out
+    prefixed = {f"module.{k}": v for k, v in GenerativeBlock(2).state_dict().items()}
+    torch.save(prefixed, path)
+    assert load_models(path).width == 2
+
+
+class NotWeights:
+    pass
+
+
+def test_checkpoints_are_loaded_weights_only(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"upper": NotWeights()}, path)
+    with pytest.raises(ValueError, match="weights_only"):
+        load_models(path)
+    with pytest.raises(FileNotFoundError):
+        load_models(tmp_path / "missing.pt")
+
+
+def test_orientation_is_applied_like_libraw(tmp_path, checkpoint):
+    mosaic = mosaic_from_linear(torch.rand(4, 16, 24, generator=torch.Generator().manual_seed(1)))
+    for flip_tag, flip in ((3, 3), (6, 6), (8, 5)):
+        path = write_dng(tmp_path / f"o{flip_tag}.dng", mosaic, orientation=flip_tag)
+        with rawpy.imread(str(path)) as raw:
+            assert raw.sizes.flip == flip
+            upright = raw.postprocess(output_bps=16)
+            sensor = raw.postprocess(output_bps=16, user_flip=0)
+        np.testing.assert_array_equal(orient(sensor, flip), upright)
+    plain = write_dng(tmp_path / "plain.dng", mosaic)
+    rotated = write_dng(tmp_path / "rot.dng", mosaic, orientation=6)
+    outs = []
+    for src in (plain, rotated):
+        dst = tmp_path / f"{src.stem}.png"
+        assert (
+            develop(str(src), "--checkpoint", str(checkpoint), "--ratio", "4", "-o", str(dst)) == 0
+        )
+        outs.append(np.asarray(Image.open(dst)))
+    assert outs[1].shape == (48, 32, 3)
+    np.testing.assert_array_equal(outs[1], np.rot90(outs[0], -1))
+
+
+def test_bad_photo_names_the_file(tmp_path, checkpoint, capsys):
+    fake = tmp_path / "IMG_1.CR2"
+    fake.write_bytes(b"JFIF" * 100)
+    assert develop(str(fake), "--checkpoint", str(checkpoint)) == 2
+    assert "IMG_1.CR2" in capsys.readouterr().out
+    assert develop(str(tmp_path / "none.NEF"), "--checkpoint", str(checkpoint)) == 2
+    assert "none.NEF" in capsys.readouterr().out
+
+
+def test_auto_ratio():
+    assert auto_ratio(np.full((4, 2, 2), 0.001, np.float32)) == pytest.approx(100.0)
+    assert auto_ratio(np.zeros((4, 2, 2), np.float32)) == 300.0
+    assert auto_ratio(np.full((4, 2, 2), 0.5, np.float32)) == 1.0
