@@ -162,8 +162,8 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "")
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read a run YAML, apply `key.path=value` overrides, validate."""
+def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML file's top-level mapping with `key.path=value` overrides applied."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -174,7 +174,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     apply_overrides(data, overrides or [])
-    return from_dict(data)
+    return data
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a run YAML, apply `key.path=value` overrides, validate."""
+    return from_dict(read_yaml(path, overrides))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from bgl.config import ConfigError, RunConfig, apply_overrides, from_dict, set_path
+from bgl.config import ConfigError, RunConfig, from_dict, read_yaml, set_path
 from bgl.solvers import SOLVERS
 
 # parameters that only exist for one solver (Optuna's define-by-run space makes them conditional)
@@ -147,15 +147,7 @@ _SEARCH = {
 def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyConfig:
     """Read and validate a study YAML; `overrides` (`key.path=value`) apply to the study file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    apply_overrides(data, overrides or [])
+    data = read_yaml(path, overrides)
     if "base_file" in data:
         base_path = (path.parent / str(data.pop("base_file"))).resolve()
         if not base_path.is_file():
