@@ -28,6 +28,13 @@ def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | No
     if ray.is_initialized():
         return False
     if address:
+        # Ray turns token mode on by itself only for address=auto; an explicit host:port needs it
+        # said, or the driver is refused by a cluster with token authentication (the default)
+        token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        if "RAY_AUTH_MODE" not in os.environ and (
+            os.environ.get("RAY_AUTH_TOKEN") or token.exists()
+        ):
+            os.environ["RAY_AUTH_MODE"] = "token"
         ray.init(address=address, log_to_driver=False)
         return True
     os.environ.pop("RAY_ADDRESS", None)  # a set RAY_ADDRESS would attach instead of starting
@@ -104,6 +111,12 @@ def run_study(
 
     from bgl.study.trial import run_trial
 
+    if address and not Path(study.output_dir).is_absolute():
+        log.warning(
+            "output_dir %r is relative: on a cluster it must be a shared folder every node "
+            "sees (e.g. --set output_dir=/mnt/bgl-results)",
+            study.output_dir,
+        )
     tune_dir = study.study_dir / TUNE_DIR
     if resume and not tune_dir.exists():
         raise ConfigError(f"--resume: no study at {tune_dir}")
