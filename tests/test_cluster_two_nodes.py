@@ -48,11 +48,24 @@ if not Path(RAY).exists():  # not a virtualenv layout: fall back to PATH
 BASE = {
     "task": {"name": "enhance", "options": {"width": 4}},
     "model": {"generator_width": 4},
-    "data": {"train_size": 8, "val_size": 4, "test_size": 4, "crop": 32, "batch_size": 2,
-             "val_batch_size": 2, "eval_batch_size": 4},
+    "data": {
+        "train_size": 8,
+        "val_size": 4,
+        "test_size": 4,
+        "crop": 32,
+        "batch_size": 2,
+        "val_batch_size": 2,
+        "eval_batch_size": 4,
+    },
     "optim": {"optimizer": "sgd"},
-    "train": {"warm_steps": 2, "steps": 2, "eval_every": 2, "log_every": 1,
-              "checkpoint_every": 2, "device": "cpu"},
+    "train": {
+        "warm_steps": 2,
+        "steps": 2,
+        "eval_every": 2,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "device": "cpu",
+    },
 }
 
 # one GCS connection attempt instead of 20 (one a second) for the clients that must be refused
@@ -125,8 +138,13 @@ def _ensure_token(env: dict[str, str]) -> None:
         return
     if not (Path.home() / ".ray" / "auth_token").is_file():
         # creates ~/.ray/auth_token only when missing (what a local ray.init() would do)
-        subprocess.run([RAY, "get-auth-token", "--generate"], env=env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [RAY, "get-auth-token", "--generate"],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 @pytest.fixture
@@ -146,20 +164,38 @@ def two_nodes(tmp_path):
     def start(args: list[str], log: Path) -> subprocess.Popen:
         out = open(log, "w")  # closed at teardown
         logs.append(out)
-        proc = subprocess.Popen([RAY, "start", *args, *common], env=node_env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [RAY, "start", *args, *common],
+            env=node_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         procs.append(proc)
         return proc
 
     try:
         head_log, worker_log = tmp_path / "head.log", tmp_path / "worker.log"
-        head = start(["--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                      f"--temp-dir={temp_dirs[0]}", "--include-dashboard=false"], head_log)
+        head = start(
+            [
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={port}",
+                f"--temp-dir={temp_dirs[0]}",
+                "--include-dashboard=false",
+            ],
+            head_log,
+        )
         _wait_started(head, head_log, 120)
         worker = start([f"--address={address}", f"--temp-dir={temp_dirs[1]}"], worker_log)
         _wait_started(worker, worker_log, 120)
-        check = subprocess.run([sys.executable, "-c", NODES_CHECK, address, "60"], env=env,
-                               capture_output=True, text=True, timeout=120)
+        check = subprocess.run(
+            [sys.executable, "-c", NODES_CHECK, address, "60"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert check.returncode == 0, check.stderr[-3000:]
         nodes, cpus = check.stdout.split()[-2:]
         assert (int(nodes), float(cpus)) == (2, 2.0), check.stdout
@@ -191,9 +227,13 @@ def test_study_runs_across_two_ray_nodes(two_nodes, tmp_path, monkeypatch):
 
     # auth is enforced: a client without token mode, or with a wrong token, is refused
     bad_clients = [
-        subprocess.Popen([sys.executable, "-c", NODES_CHECK, address, "0"],
-                         env={**env, **ONE_TRY, **bad}, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", NODES_CHECK, address, "0"],
+            env={**env, **ONE_TRY, **bad},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for bad in ({"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "not-the-cluster-token"})
     ]
     for client in bad_clients:
@@ -204,11 +244,15 @@ def test_study_runs_across_two_ray_nodes(two_nodes, tmp_path, monkeypatch):
         "name": "two_nodes",
         "output_dir": str(tmp_path / "results"),
         "base": BASE,
-        "search": {"num_samples": 2, "metric": "psnr", "mode": "max", "sampler": "random",
-                   "solvers": ["naive"]},
+        "search": {
+            "num_samples": 2,
+            "metric": "psnr",
+            "mode": "max",
+            "sampler": "random",
+            "solvers": ["naive"],
+        },
         # a trial = 0.01 CPU (driver) + 0.9 CPU (its one worker): two cannot share a 1-CPU node
-        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.9,
-                      "max_concurrent_trials": 2},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 0.9, "max_concurrent_trials": 2},
         "logging": {"tensorboard": False},
     }
     path = tmp_path / "study.yaml"

@@ -47,8 +47,11 @@ def _write_study(tmp_path: Path, workers: int = 1, **search) -> Path:
         "output_dir": str(tmp_path / "results"),
         "base": BASE,
         "search": {"metric": "psnr", "mode": "max", "solvers": ["naive", "ibgl"], **search},
-        "resources": {"workers_per_trial": workers, "cpus_per_worker": 1 / workers,
-                      "max_concurrent_trials": 1},
+        "resources": {
+            "workers_per_trial": workers,
+            "cpus_per_worker": 1 / workers,
+            "max_concurrent_trials": 1,
+        },
         "logging": {"tensorboard": False},
     }
     path = tmp_path / "study.yaml"

@@ -79,13 +79,3 @@ def drop_inapplicable(study: StudyConfig, params: dict[str, Any]) -> dict[str, A
     solver = params.get("solver.name", study.solvers[0])
     specs = {p.path: p for p in study.params}
     return {k: v for k, v in params.items() if k not in specs or specs[k].applies_to(solver)}
-
-
-def trial_params(config: dict[str, Any]) -> dict[str, Any]:
-    """Tune hands ints back as floats sometimes; keep only config-path keys, typed."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, float) and value.is_integer() and key.endswith((".k", "seed")):
-            value = int(value)
-        out[key] = value
-    return out
