@@ -78,7 +78,7 @@ def torchvision_stub(alexnet: Any = None):
 
 def import_piq() -> Any:
     if importlib.util.find_spec("piq") is None:
-        pytest.skip("piq (pip install --no-deps piq==0.8.0) cross-checks FSIM and VIF")
+        pytest.fail("piq is missing: ./install.sh test installs it (--no-deps piq==0.8.0)")
     if "piq" in sys.modules:
         return sys.modules["piq"]
     with torchvision_stub():
@@ -88,7 +88,7 @@ def import_piq() -> Any:
 def lpips_package_model(features: torch.nn.Sequential) -> Any:
     """The lpips package's own LPIPS(net='alex') module around a given AlexNet trunk."""
     if importlib.util.find_spec("lpips") is None:
-        pytest.skip("lpips is not installed")
+        pytest.fail("lpips is missing: ./install.sh installs it (--no-deps lpips==0.1.4)")
 
     class _AlexNet:
         def __init__(self) -> None:
@@ -110,7 +110,7 @@ def load_basicsr() -> tuple[Any, Any, Path]:
     """(basicsr.metrics.niqe, basicsr.utils.matlab_functions, package root), loaded per file."""
     spec = importlib.util.find_spec("basicsr")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("basicsr is not installed")
+        pytest.fail("basicsr is missing: ./install.sh installs it (--no-deps basicsr==1.4.2)")
     root = Path(next(iter(spec.submodule_search_locations)))
     names = (
         "basicsr",
