@@ -41,7 +41,7 @@ BASE = {
 }
 
 
-def _write_study(tmp_path: Path, workers: int = 1, **search) -> Path:
+def _write_study(tmp_path: Path, workers: int = 1, launcher: str = "ray_train", **search) -> Path:
     study = {
         "name": "tiny",
         "output_dir": str(tmp_path / "results"),
@@ -51,6 +51,7 @@ def _write_study(tmp_path: Path, workers: int = 1, **search) -> Path:
             "workers_per_trial": workers,
             "cpus_per_worker": 1 / workers,
             "max_concurrent_trials": 1,
+            "launcher": launcher,
         },
         "logging": {"tensorboard": False},
     }
@@ -97,8 +98,11 @@ def test_study_records_completed_and_diverged_trials(tmp_path):
 
 
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    # in_trial: training in the Tune trial itself, so this also covers that launcher's
+    # checkpoint-and-restore path (the other test covers Ray Train with two workers)
     path = _write_study(
         tmp_path,
+        launcher="in_trial",
         num_samples=3,
         sampler="random",
         params={"solver.k": {"type": "int", "low": 1, "high": 2}},

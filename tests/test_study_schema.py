@@ -70,6 +70,10 @@ def test_quickstart_study_loads():
         ),
         ({"name": "s", "base": {"solver": {"kk": 1}}}, "base.unknown key solver.kk"),
         (
+            {"name": "s", "resources": {"workers_per_trial": 2, "launcher": "in_trial"}},
+            "resources.launcher: in_trial runs exactly one worker",
+        ),
+        (
             {"name": "s", "resources": {"workers_per_trial": "two"}},
             "resources.workers_per_trial: expected a number",
         ),

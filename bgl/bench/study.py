@@ -45,7 +45,7 @@ BASE: dict[str, Any] = {
 def run_study_bench(
     out_dir: str | Path = "results/bench",
     console: Console | None = None,
-    workers: tuple[int, ...] = (1, 2),
+    setups: tuple[tuple[str, int], ...] = (("in_trial", 1), ("ray_train", 1), ("ray_train", 2)),
     base: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     from bgl.config import from_dict
@@ -70,10 +70,10 @@ def run_study_bench(
         }
     ]
     with tempfile.TemporaryDirectory(prefix="bgl-bench-") as tmp:
-        for n in workers:
+        for launcher, n in setups:
             study = parse_study(
                 {
-                    "name": f"overhead-{n}w",
+                    "name": f"overhead-{launcher}-{n}w",
                     "output_dir": tmp,
                     "base": base,
                     "search": {"solvers": ["ibgl"], "num_samples": 1},
@@ -81,16 +81,17 @@ def run_study_bench(
                         "workers_per_trial": n,
                         "cpus_per_worker": 1.0 / n,
                         "max_concurrent_trials": 1,
+                    "launcher": launcher,
                     },
                     "logging": {"tensorboard": False},
                 }
             )
-            console.log(f"one-trial study with {n} worker(s) ...")
+            console.log(f"one-trial study, {launcher}, {n} worker(s) ...")
             folder = run_study(study, live=False)
             (trial,) = [pq.read_table(p).to_pylist()[0] for p in (folder / "trials").glob("*")]
             rows.append(
                 {
-                    "mode": "ray-study",
+                    "mode": f"study/{launcher}",
                     "workers": n,
                     "wall_s": trial["trial_wall_s"],
                     "train_s": trial["wall_time_s"],

@@ -134,7 +134,7 @@ def run_study(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     started = init_ray(address, dashboard=dashboard)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=study), {"cpu": study.resources.trial_cpus}
+        tune.with_parameters(run_trial, study=study), trial_resources(study)
     )
     if resume:
         done = finished_trials(study.study_dir)
@@ -156,6 +156,7 @@ def run_study(
                 storage_path=str(study.study_dir),
                 callbacks=_callbacks(study, live),
                 verbose=0,
+                failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
             ),
         )
     try:
@@ -166,6 +167,15 @@ def run_study(
 
             ray.shutdown()
     return study.study_dir
+
+
+def trial_resources(study: StudyConfig) -> dict[str, float]:
+    """The Tune trial's own resources: a sliver when it only waits on Ray Train workers, the
+    worker's share when it trains in-process."""
+    r = study.resources
+    if r.launcher == "in_trial":
+        return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
+    return {"cpu": r.trial_cpus}
 
 
 def _tune_config(study: StudyConfig) -> Any:

@@ -79,7 +79,10 @@ class Resources:
     gpus_per_worker: float = 0.0
     max_concurrent_trials: int = 1
     trial_cpus: float = 0.01  # the trial driver only waits on its workers
-    max_failures: int = 1  # worker-group restarts from the last checkpoint
+    max_failures: int = 1  # restarts from the last checkpoint (worker group, or trial)
+    # ray_train: a TorchTrainer per trial (any number of workers); in_trial: one worker trained in
+    # the Tune trial process itself, without Ray Train's ~30 s start-up (workers_per_trial = 1)
+    launcher: str = "ray_train"
 
 
 @dataclass
@@ -216,6 +219,9 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
                 )
     study.resources = _dataclass(Resources, data.get("resources") or {}, "resources.")
     r = study.resources
+    _choice(r.launcher, ("ray_train", "in_trial"), "resources.launcher")
+    if r.launcher == "in_trial" and r.workers_per_trial != 1:
+        raise ConfigError("resources.launcher: in_trial runs exactly one worker per trial")
     if r.workers_per_trial < 1 or r.cpus_per_worker <= 0 or r.max_concurrent_trials < 1:
         raise ConfigError(
             "resources: workers_per_trial, cpus_per_worker and "

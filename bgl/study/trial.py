@@ -12,7 +12,7 @@ from typing import Any
 
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
-from bgl.study.worker import FINAL_KEY, train_loop_per_worker
+from bgl.study.worker import FINAL_KEY, run_and_report, train_loop_per_worker
 
 
 def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
@@ -27,6 +27,10 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
     params = drop_inapplicable(study, dict(config))
     run = study.trial_config(params, trial_name=f"{study.name}-{trial_id}")
     r = study.resources
+    loop_config = {"run": run.to_dict(), "objectives": [o.metric for o in study.objectives]}
+    if r.launcher == "in_trial":
+        _train_in_trial(loop_config, params, start)
+        return
     use_gpu = r.gpus_per_worker > 0
     per_worker = {"CPU": r.cpus_per_worker}
     if use_gpu:
@@ -55,3 +59,13 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
     final["trial_wall_s"] = time.perf_counter() - start
     final["params_json"] = json.dumps(params, default=str)
     tune.report(final)
+
+
+def _train_in_trial(loop_config: dict[str, Any], params: dict[str, Any], start: float) -> None:
+    """One worker, trained in this trial process; Tune checkpoints and restarts it."""
+    from bgl.config import from_dict
+    from bgl.train.loop import Trainer
+
+    trainer = Trainer(from_dict(loop_config["run"]))
+    extra = {"params_json": json.dumps(params, default=str)}
+    run_and_report(trainer, loop_config, "tune", extra=extra, started=start)

@@ -1,9 +1,13 @@
-"""Ray Train worker: one rank of one trial's training.
+"""One trial's training, as a Ray Train worker (one rank) or inside the Tune trial itself.
 
 Builds task, models, data (sharded by rank) and solver from the trial's run config; every
 gradient goes through an all-reduce mean (`reduce`), since DDP's reducer does not see the
 solvers' `torch.autograd.grad`. Every rank reports at each evaluation (rank 0 with a
-checkpoint), and a restarted worker group resumes from the last checkpoint.
+checkpoint), and a restarted worker group (or trial) resumes from the last checkpoint.
+
+`api` selects the reporting module: `ray.train` inside a TorchTrainer worker, `ray.tune` when a
+single-worker trial trains in the trial process (`resources.launcher: in_trial`), which skips
+Ray Train's controller and worker-group start-up.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,54 +26,79 @@ from bgl.train.loop import Callbacks, DivergedError, Trainer
 FINAL_KEY = "bgl_final"  # marks the last report of a trial (the run summary)
 
 
-def report_with_checkpoint(trainer: Trainer, metrics: dict[str, Any]) -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (V2 keeps metrics with checkpoints)."""
+def _api(name: str) -> Any:
     import ray.train
+    import ray.tune
 
+    return {"train": ray.train, "tune": ray.tune}[name]
+
+
+def report_with_checkpoint(trainer: Trainer, metrics: dict[str, Any], api: str = "train") -> None:
+    """Every rank reports; rank 0 attaches the checkpoint (V2 keeps metrics with checkpoints)."""
+    module = _api(api)
     if trainer.rank != 0:
-        ray.train.report(metrics)
+        module.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         trainer.save(Path(tmp) / CHECKPOINT_NAME)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        module.report(metrics, checkpoint=module.Checkpoint.from_directory(tmp))
 
 
 class _RayReporter(Callbacks):
+    def __init__(self, api: str) -> None:
+        self.api = api
+
     def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         from bgl.results.provenance import peak_memory_bytes
 
-        report_with_checkpoint(
-            trainer,
-            {
-                **metrics,
-                "step": trainer.step,
-                "phase": trainer.phase,
-                "peak_memory_mib": peak_memory_bytes(trainer.device) / 2**20,
-            },
-        )
+        row = {
+            **metrics,
+            "step": trainer.step,
+            "phase": trainer.phase,
+            "peak_memory_mib": peak_memory_bytes(trainer.device) / 2**20,
+        }
+        report_with_checkpoint(trainer, row, self.api)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The TorchTrainer's per-worker function."""
     import ray.train
     import ray.train.torch
 
     from bgl.train.distributed import default_reduce
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = from_dict(config["run"])
     trainer = Trainer(
-        cfg, rank=rank, world=world, reduce=default_reduce(), device=ray.train.torch.get_device()
+        from_dict(config["run"]),
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        reduce=default_reduce(),
+        device=ray.train.torch.get_device(),
     )
-    checkpoint = ray.train.get_checkpoint()
+    run_and_report(trainer, config, "train")
+
+
+def run_and_report(
+    trainer: Trainer,
+    config: dict[str, Any],
+    api: str,
+    extra: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> None:
+    """Resume from the last checkpoint if any, train, report evaluations and the summary."""
+    checkpoint = _api(api).get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.resume(Path(folder) / CHECKPOINT_NAME)
     try:
-        summary = trainer.fit(callbacks=_RayReporter())
+        summary = trainer.fit(callbacks=_RayReporter(api))
     except DivergedError as exc:
         summary = trainer.summary(status="diverged", error=str(exc))
-    report_with_checkpoint(trainer, final_report(summary, trainer.history, config["objectives"]))
+    final = final_report(summary, trainer.history, config["objectives"])
+    final.update(extra or {})
+    if started is not None:  # in-trial: this process's clock is the trial's
+        final["trial_wall_s"] = time.perf_counter() - started
+    report_with_checkpoint(trainer, final, api)
 
 
 def final_report(
