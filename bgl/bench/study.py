@@ -81,7 +81,7 @@ def run_study_bench(
                         "workers_per_trial": n,
                         "cpus_per_worker": 1.0 / n,
                         "max_concurrent_trials": 1,
-                    "launcher": launcher,
+                        "launcher": launcher,
                     },
                     "logging": {"tensorboard": False},
                 }
