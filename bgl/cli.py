@@ -65,6 +65,7 @@ def _study_run(args: argparse.Namespace) -> int:
         study,
         address=args.address,
         resume=args.resume,
+        extend=args.extend,
         live=not args.no_live,
         dashboard=args.dashboard,
     )
@@ -107,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Ray cluster: auto, or ray://host:10001 (default: start a local Ray)",
     )
     s.add_argument("--resume", action="store_true", help="finish an interrupted study")
+    s.add_argument(
+        "--extend",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N more trials on a finished study (same Optuna study and tables)",
+    )
     s.add_argument(
         "--set",
         action="append",

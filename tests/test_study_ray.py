@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 
 from bgl.cli import main
 
@@ -128,3 +131,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     for name, mtime in first.items():  # finished trials were not run (or written) again
         assert after[name] == mtime
     assert {r["status"] for r in _rows(folder, "trials")} == {"completed"}
+    # extending the finished study: more trials on the same Optuna study, into the same tables
+    assert main(["study", "run", str(path), "--extend", "1", "--no-live"]) == 0
+    assert len(list((folder / "trials").glob("*.parquet"))) == 4
+    assert (folder / "tune-ext1").is_dir()
+    storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+    (summary,) = optuna.get_all_study_summaries(storage)  # one Optuna study ...
+    assert summary.study_name == "tiny" and summary.n_trials == 4  # ... holding all 4 trials

@@ -103,10 +103,15 @@ def run_study(
     *,
     address: str | None = None,
     resume: bool = False,
+    extend: int | None = None,
     live: bool = True,
     dashboard: bool = False,
 ) -> Path:
-    """Run (or resume) a study; returns the study folder with its Parquet tables."""
+    """Run, resume, or extend (`extend` more trials) a study; returns the study folder.
+
+    Extending starts a new Tune experiment in the same folder on the same Optuna study (the
+    journal), so the sampler learns from every earlier trial and rows join the same tables.
+    """
     from ray import tune
 
     from bgl.study.trial import run_trial
@@ -118,9 +123,19 @@ def run_study(
             study.output_dir,
         )
     tune_dir = study.study_dir / TUNE_DIR
-    if resume and not tune_dir.exists():
-        raise ConfigError(f"--resume: no study at {tune_dir}")
-    if not resume and tune_dir.exists():
+    if resume and extend:
+        raise ConfigError("--resume and --extend: choose one")
+    if (resume or extend) and not tune_dir.exists():
+        raise ConfigError(f"--{'resume' if resume else 'extend'}: no study at {tune_dir}")
+    if extend:
+        if study.sampler == "grid":
+            raise ConfigError("--extend: a grid study has no sampler to draw more trials from")
+        study.num_samples = extend
+        n = 1
+        while (study.study_dir / f"{TUNE_DIR}-ext{n}").exists():
+            n += 1
+        tune_dir = study.study_dir / f"{TUNE_DIR}-ext{n}"
+    elif not resume and tune_dir.exists():
         raise ConfigError(
             f"{study.study_dir} already holds a study: pass --resume to finish it, or remove "
             "the folder (or choose another name with --set name=...) to start again"
@@ -152,7 +167,7 @@ def run_study(
             tune_config=_tune_config(study),
             param_space=_param_space(study),
             run_config=tune.RunConfig(
-                name=TUNE_DIR,
+                name=tune_dir.name,
                 storage_path=str(study.study_dir),
                 callbacks=_callbacks(study, live),
                 verbose=0,
