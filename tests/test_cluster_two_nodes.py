@@ -38,6 +38,7 @@ import pytest
 import yaml
 
 from bgl.cli import main
+from tests.conftest import TINY_STUDY_BASE as BASE
 
 pytestmark = pytest.mark.slow
 
@@ -45,28 +46,6 @@ RAY = str(Path(sys.executable).with_name("ray"))
 if not Path(RAY).exists():  # not a virtualenv layout: fall back to PATH
     RAY = shutil.which("ray") or "ray"
 
-BASE = {
-    "task": {"name": "enhance", "options": {"width": 4}},
-    "model": {"generator_width": 4},
-    "data": {
-        "train_size": 8,
-        "val_size": 4,
-        "test_size": 4,
-        "crop": 32,
-        "batch_size": 2,
-        "val_batch_size": 2,
-        "eval_batch_size": 4,
-    },
-    "optim": {"optimizer": "sgd"},
-    "train": {
-        "warm_steps": 2,
-        "steps": 2,
-        "eval_every": 2,
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "device": "cpu",
-    },
-}
 
 # one GCS connection attempt instead of 20 (one a second) for the clients that must be refused
 ONE_TRY = {"RAY_NUM_REDIS_GET_RETRIES": "1", "RAY_gcs_server_port_wait_time_s": "1"}

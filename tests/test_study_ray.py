@@ -17,31 +17,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from bgl.cli import main
+from tests.conftest import TINY_STUDY_BASE as BASE
 
 pytestmark = pytest.mark.slow
-
-BASE = {
-    "task": {"name": "enhance", "options": {"width": 4}},
-    "model": {"generator_width": 4},
-    "data": {
-        "train_size": 8,
-        "val_size": 4,
-        "test_size": 4,
-        "crop": 32,
-        "batch_size": 2,
-        "val_batch_size": 2,
-        "eval_batch_size": 4,
-    },
-    "optim": {"optimizer": "sgd"},
-    "train": {
-        "warm_steps": 2,
-        "steps": 2,
-        "eval_every": 2,
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "device": "cpu",
-    },
-}
 
 
 def _write_study(tmp_path: Path, workers: int = 1, launcher: str = "ray_train", **search) -> Path:
