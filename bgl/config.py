@@ -137,7 +137,7 @@ def validate(cfg: RunConfig) -> None:
         ("model.generator_width", cfg.model.generator_width >= 1, "at least 1"),
         (
             "data.root",
-            cfg.data.name == "synthetic" or bool(cfg.data.root),
+            cfg.data.name.startswith("synthetic") or bool(cfg.data.root),
             f"set to the dataset folder for dataset {cfg.data.name!r}",
         ),
     ]

@@ -10,7 +10,7 @@ import torch
 
 from bgl.models.enhance import IlluminationNet
 from bgl.models.generator import GenerativeBlock
-from bgl.tasks import TASKS, EnhanceTask, build_task
+from bgl.tasks import EnhanceTask, build_task, task_class
 from bgl.tasks.enhance import sci_smoothness
 
 
@@ -243,7 +243,7 @@ def test_evaluate_rejects_empty(nets) -> None:
 
 
 def test_registry_builds_enhance() -> None:
-    assert TASKS["enhance"] is EnhanceTask
+    assert task_class("enhance") is EnhanceTask
     task = build_task("enhance", width=8, smooth_weight=0.5)
     assert isinstance(task, EnhanceTask) and task.smooth_weight == 0.5
     assert isinstance(task.build_lower(), IlluminationNet)
@@ -251,7 +251,7 @@ def test_registry_builds_enhance() -> None:
 
 
 def test_registry_unknown_task_lists_known() -> None:
-    with pytest.raises(ValueError, match="known tasks: enhance"):
+    with pytest.raises(ValueError, match="known tasks: detect, enhance, segment"):
         build_task("deblur")
 
 

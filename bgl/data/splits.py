@@ -11,6 +11,8 @@ items (0 or less: the whole split). ``data.crop`` is the RGB side of training/va
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 from pathlib import Path
 
@@ -22,24 +24,40 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 REAL_DATASETS = ("sid", "darkface", "acdc")
-DATASETS = ("synthetic", *REAL_DATASETS)
+#: Procedural datasets made in memory (no files): name -> "module:Class". Each class takes
+#: (n, size=crop, seed=..., camera_seed=..., [ratio_range=...], [max_boxes=...]) and yields the
+#: batch keys of its task (enhance: raw/rgb; detect: + boxes/num_boxes; segment: + labels).
+SYNTHETIC_DATASETS: dict[str, str] = {
+    "synthetic": "bgl.data.synthetic:SyntheticLowLight",
+    "synthetic_faces": "bgl.data.synthetic_faces:SyntheticFaces",
+    "synthetic_street": "bgl.data.synthetic_street:SyntheticStreet",
+}
+DATASETS = (*SYNTHETIC_DATASETS, *REAL_DATASETS)
 
 
 def build_splits(cfg: DataConfig) -> dict[str, Dataset]:
-    if cfg.name == "synthetic":
-        from bgl.data.synthetic import SyntheticLowLight
-
-        extra: dict = {"camera_seed": cfg.camera_seed}
-        if cfg.ratio_range is not None:
-            extra["ratio_range"] = cfg.ratio_range
-        sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
-        return {
-            split: SyntheticLowLight(sizes[split], size=cfg.crop, seed=3 * cfg.seed + i, **extra)
-            for i, split in enumerate(SPLITS)
-        }
+    if cfg.name in SYNTHETIC_DATASETS:
+        return _synthetic_splits(cfg)
     if cfg.name in REAL_DATASETS:
         return _real_splits(cfg)
     raise ConfigError(f"data.name: unknown dataset {cfg.name!r}; available: {', '.join(DATASETS)}")
+
+
+def _synthetic_splits(cfg: DataConfig) -> dict[str, Dataset]:
+    """Three independently seeded procedural splits sharing one synthetic camera."""
+    module, _, attr = SYNTHETIC_DATASETS[cfg.name].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    accepted = inspect.signature(cls.__init__).parameters
+    extra: dict = {"camera_seed": cfg.camera_seed}
+    if cfg.ratio_range is not None:
+        extra["ratio_range"] = cfg.ratio_range
+    if "max_boxes" in accepted:
+        extra["max_boxes"] = cfg.max_boxes
+    sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
+    return {
+        split: cls(sizes[split], size=cfg.crop, seed=3 * cfg.seed + i, **extra)
+        for i, split in enumerate(SPLITS)
+    }
 
 
 def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:

@@ -36,8 +36,9 @@ DECIMALS = {
 }
 
 
-def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `eval enhance` to an argparse subparsers object; returns the `eval` parser."""
+def add_eval_command(subparsers: Any) -> Any:
+    """Add `eval enhance` to an argparse subparsers object; returns `eval`'s subparsers, to which
+    the other tasks add their own `eval <task>` commands."""
     parser = subparsers.add_parser("eval", help="evaluate a trained checkpoint")
     sub = parser.add_subparsers(dest="eval_task", required=True)
     e = sub.add_parser(
@@ -77,7 +78,7 @@ def add_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--json", dest="json_path", default=None, help="also write the row as JSON")
     e.set_defaults(func=run_eval_enhance)
-    return parser
+    return sub
 
 
 def _unavailable(name: str, options: dict[str, Any]) -> str | None:
@@ -105,38 +106,16 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
     """Handler of `bgl eval enhance`: load, evaluate on the test split, print; exit code."""
     from rich.progress import track
 
-    from bgl.config import from_dict
     from bgl.data.splits import build_splits
     from bgl.data.stream import sequential_batches
     from bgl.metrics.registry import PAPER_TABLE, get_metric
-    from bgl.models.generator import build_generator
     from bgl.results.provenance import resolve_device
-    from bgl.tasks import build_task
-    from bgl.train.checkpoint import load_checkpoint
+    from bgl.train.restore import load_trained
 
     if console is None:
         console = Console()
         if not console.is_terminal:  # piped or captured: room for all eight columns
             console = Console(width=132)
-    state = load_checkpoint(args.checkpoint)  # weights_only=True
-    missing = [k for k in ("upper", "lower", "config") if k not in state]
-    if missing:
-        raise ValueError(f"{args.checkpoint}: not a training checkpoint (missing {missing})")
-    config = dict(state["config"])
-    data = dict(config.get("data") or {})
-    overrides = {
-        "name": args.data,
-        "root": args.data_root,
-        "crop": args.crop,
-        "test_size": args.test_size,
-        "eval_batch_size": args.batch_size,
-    }
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    config["data"] = data
-    cfg = from_dict(config)
-    if cfg.task.name != "enhance":
-        raise ValueError(f"{args.checkpoint} is a {cfg.task.name!r} checkpoint, not enhancement")
-
     explicit = args.metrics is not None
     names = [m.strip() for m in args.metrics.split(",") if m.strip()] if explicit else []
     names = names if explicit else list(PAPER_TABLE)
@@ -146,7 +125,18 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
     if args.alexnet_weights:
         metric_options["lpips"] = {"alexnet_weights": args.alexnet_weights}
 
-    device = resolve_device(args.device)
+    data = {
+        "name": args.data,
+        "root": args.data_root,
+        "crop": args.crop,
+        "test_size": args.test_size,
+        "eval_batch_size": args.batch_size,
+    }
+    # the metric list is settled after the test size is known (some metrics need large images)
+    run = load_trained(
+        args.checkpoint, data=data, expect_task="enhance", device=resolve_device(args.device)
+    )
+    cfg = run.cfg
     test = build_splits(cfg.data)["test"]
     if len(test) == 0:  # type: ignore[arg-type]
         raise ValueError("the test split is empty")
@@ -159,29 +149,22 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
             raise ValueError(f"metric {name} cannot run: {reason}")
         if reason:
             skipped[name] = reason
-    run = [n for n in names if n not in skipped]
-
+    selected = [n for n in names if n not in skipped]
     options = dict(cfg.task.options)
-    options.update(metrics=run, metric_options=metric_options)
-    task = build_task(cfg.task.name, **options)
-    upper = build_generator(cfg.model.generator_width)
-    lower = task.build_lower()
-    upper.load_state_dict(state["upper"])
-    lower.load_state_dict(state["lower"])
-    upper.to(device)
-    lower.to(device)
+    options.update(metrics=selected, metric_options=metric_options)
+    task = type(run.task)(**options)
     batch_size = cfg.data.eval_batch_size
-    batches = sequential_batches(test, batch_size, device)
+    batches = sequential_batches(test, batch_size, run.device)
     n_batches = math.ceil(len(test) / batch_size)  # type: ignore[arg-type]
     results = task.evaluate(
-        upper,
-        lower,
+        run.upper,
+        run.lower,
         track(batches, total=n_batches, description="evaluating", console=console),
     )
 
     title = (
         f"{cfg.name}: {cfg.data.name} test split, {len(test)} images "  # type: ignore[arg-type]
-        f"of {height}x{width} (step {state.get('step', '?')})"
+        f"of {height}x{width} (step {run.step})"
     )
     table = Table(title=title, box=box.SIMPLE_HEAD)
     table.add_column("Method", no_wrap=True)
@@ -195,7 +178,7 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
     console.print(table)
     for name, reason in skipped.items():
         console.print(f"[yellow]{get_metric(name).label} n/a:[/yellow] {reason}")
-    if "loe" in run:
+    if "loe" in selected:
         console.print("LOE is measured against the amplified low-light input (Wang et al. 2013).")
     if args.json_path:
         row_json = {
