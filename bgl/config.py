@@ -29,6 +29,10 @@ class TaskConfig:
 @dataclass
 class ModelConfig:
     generator_width: int = 32  # SID uses 32; tests use 8
+    # start F from a training checkpoint's generator (`upper`), e.g. a transfer study's stage 1
+    generator_checkpoint: str | None = None
+    # keep that F fixed: no upper steps, no hypergradients; only θ trains (Table 3's transfer)
+    freeze_generator: bool = False
 
 
 @dataclass
@@ -135,6 +139,11 @@ def validate(cfg: RunConfig) -> None:
             "a positive multiple of 32 (the packed RAW must pass 4 U-Net poolings)",
         ),
         ("model.generator_width", cfg.model.generator_width >= 1, "at least 1"),
+        (
+            "model.freeze_generator",
+            not cfg.model.freeze_generator or bool(cfg.model.generator_checkpoint),
+            "false unless model.generator_checkpoint names the trained generator to freeze",
+        ),
         (
             "data.root",
             cfg.data.name.startswith("synthetic") or bool(cfg.data.root),

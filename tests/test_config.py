@@ -24,6 +24,8 @@ def test_defaults_are_the_papers():
         ({"data": {"ratio_range": [1]}}, "data.ratio_range: expected a list of 2"),
         ({"data": {"crop": 48}}, "data.crop: must be a positive multiple of 32"),
         ({"train": 5}, "train: expected a mapping"),
+        ({"model": {"freeze_generator": True}}, "model.freeze_generator: must be false unless"),
+        ({"model": {"freeze_generator": "yes"}}, "model.freeze_generator: expected true/false"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(data, message):

@@ -116,3 +116,49 @@ def test_short_training_beats_the_amplified_input(tiny_config):
     )
     summary = Trainer(cfg).fit()
     assert summary["final"]["psnr"] > summary["final"]["psnr_input"] + 0.5
+
+
+def _trained_generator(tiny_config, tmp_path):
+    """A short source run's checkpoint: the generator a transfer run freezes."""
+    source = Trainer(tiny_config(train={"warm_steps": 1, "steps": 1}))
+    source.fit()
+    return source, source.save(tmp_path / "source" / "checkpoint.pt")
+
+
+def test_frozen_generator_stays_bit_identical_while_the_task_network_trains(tiny_config, tmp_path):
+    source, path = _trained_generator(tiny_config, tmp_path)
+    cfg = tiny_config(seed=1, model={"generator_checkpoint": str(path), "freeze_generator": True})
+    trainer = Trainer(cfg)
+    omega = {k: v.clone() for k, v in trainer.upper.state_dict().items()}
+    assert all(torch.equal(omega[k], v) for k, v in source.upper.state_dict().items())
+    theta = _params(trainer.lower)
+    calls = []
+    trainer.upper_step = lambda *a, **k: calls.append(a)  # no hypergradient may be asked for
+    summary = trainer.fit()
+    assert summary["status"] == "completed" and summary["generator"] == "frozen"
+    assert summary["generator_checkpoint"] == str(path)
+    assert trainer.step == cfg.train.warm_steps + cfg.train.steps and not calls
+    assert all(torch.equal(omega[k], v) for k, v in trainer.upper.state_dict().items())
+    assert all(p.grad is None and not p.requires_grad for p in trainer.upper.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(theta, trainer.lower.parameters()))
+    assert not trainer.upper_opt.state  # the upper optimiser never stepped
+    rows = [r for r in trainer.history if r["kind"] == "train"]
+    assert "hypergrad_norm" not in rows[-1] and rows[-1]["phase"] == "bilevel"
+
+
+def test_generator_checkpoint_without_freezing_fine_tunes(tiny_config, tmp_path):
+    _, path = _trained_generator(tiny_config, tmp_path)
+    trainer = Trainer(tiny_config(model={"generator_checkpoint": str(path)}))
+    before = _params(trainer.upper)
+    assert trainer.fit()["generator"] == "fine-tuned"
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.upper.parameters()))
+
+
+def test_generator_checkpoint_errors_name_the_file(tiny_config, tmp_path):
+    missing = tmp_path / "nowhere" / "checkpoint.pt"
+    cfg = tiny_config(model={"generator_checkpoint": str(missing), "freeze_generator": True})
+    with pytest.raises(FileNotFoundError, match="model.generator_checkpoint: .*nowhere"):
+        Trainer(cfg)
+    _, path = _trained_generator(tiny_config, tmp_path)
+    with pytest.raises(ValueError, match="generator_width: 4, but .* width 8"):
+        Trainer(tiny_config(model={"generator_width": 4, "generator_checkpoint": str(path)}))

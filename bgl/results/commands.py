@@ -3,6 +3,7 @@
 ```
 bgl results list
 bgl results show quickstart [--sort psnr] [--top 10] [--pareto psnr:max,peak_memory_mib:min]
+bgl results show transfer STUDY          # a transfer study as the paper's Table 3
 bgl results query "SELECT solver, max(psnr) FROM trials GROUP BY solver" [--study quickstart]
 bgl results export quickstart --format csv -o exports/quickstart
 bgl results plot quickstart -o plots/quickstart
@@ -30,11 +31,13 @@ from rich.table import Table
 from bgl.results.query import (
     EXPORT_FORMATS,
     STATUSES,
+    TRANSFER_COLUMNS,
     ResultsError,
     best_trial,
     columns_of,
     export,
     is_number,
+    is_transfer,
     list_studies,
     load_trials,
     metric_columns,
@@ -48,10 +51,12 @@ from bgl.results.query import (
     solver_summary,
     sort_rows,
     study_directions,
+    transfer_table,
 )
 
 DEFAULT_RESULTS_DIR = "results"
 DEFAULT_PARETO = "psnr:max,peak_memory_mib:min"
+VIEWS = ("transfer",)  # `bgl results show VIEW STUDY`
 # columns every trials table has (sorting by one adds no column)
 _SHOWN_ALWAYS = {"trial_id", "status", "solver", "wall_time_s", "peak_memory_mib"}
 _STATUS_STYLE = {"completed": "green", "diverged": "yellow", "stopped": "cyan", "error": "red"}
@@ -77,8 +82,13 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
     _results_dir(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("show", help="a study's trials, per-solver summary and Pareto front")
-    p.add_argument("study")
+    p = sub.add_parser(
+        "show",
+        help="a study's trials, per-solver summary and Pareto front; `show transfer STUDY`: "
+        "Table 3",
+    )
+    p.add_argument("study", help="the study, or a view (transfer) followed by the study")
+    p.add_argument("view_study", nargs="?", metavar="STUDY", help=argparse.SUPPRESS)
     p.add_argument("--sort", metavar="METRIC", help="sort by this column (default: the metric)")
     p.add_argument("--mode", choices=("max", "min"), help="sort direction (default: inferred)")
     p.add_argument("--top", type=int, metavar="N", help="show only the first N trials")
@@ -182,6 +192,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 @_handles_errors
 def cmd_show(args: argparse.Namespace) -> int:
+    view_study = getattr(args, "view_study", None)
+    if view_study is not None:
+        if args.study not in VIEWS:
+            raise ResultsError(
+                f"unknown view {args.study!r} (views: {', '.join(VIEWS)}); "
+                "usage: bgl results show [transfer] STUDY"
+            )
+        rows = load_trials(args.results_dir, view_study)
+        _console().print(_transfer_table(rows, view_study))
+        return 0
     rows = load_trials(args.results_dir, args.study)
     console = _console()
     columns = columns_of(rows)
@@ -231,7 +251,40 @@ def cmd_show(args: argparse.Namespace) -> int:
         if missing:
             raise ResultsError(f"--pareto: no such column {', '.join(missing)}")
         console.print(_pareto_table(rows, objectives))
+    if is_transfer(rows):
+        console.print(_transfer_table(rows, args.study))
     return 0
+
+
+def _transfer_table(rows: Sequence[Mapping[str, Any]], study: str) -> Table:
+    """Table 3's layout: one row per model; n/a where its target was not run."""
+    entries = transfer_table(rows)
+    headers = [header for *_, header in TRANSFER_COLUMNS]
+    table = Table(
+        title=f"{study}: transfer of the generative block (Table 3)",
+        title_justify="left",
+        caption="EN: enhancement, DE: detection, SE: segmentation, each trained on the frozen "
+        "generative block of its row; n/a: not run",
+    )
+    for name in ("model", "basic task", "strategy"):
+        table.add_column(name)
+    for header in headers:
+        table.add_column(header, justify="right")
+    for e in entries:
+        model = escape(str(e["model"]))
+        if e["source_status"] not in (None, "completed"):
+            model += f" [{_STATUS_STYLE.get(e['source_status'], 'white')}]({e['source_status']})[/]"
+        cells = [_transfer_cell(e[h]) for h in headers]
+        table.add_row(model, _fmt(e["basic_task"]), _fmt(e["strategy"]), *cells)
+    return table
+
+
+def _transfer_cell(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):  # a target trial that did not complete: its status
+        return f"[{_STATUS_STYLE.get(value, 'white')}]{escape(value)}[/]"
+    return _fmt(value, ".4f")
 
 
 def _trials_table(

@@ -11,6 +11,7 @@ con = open_study("results", "quickstart")
 con.sql("SELECT solver, max(psnr) FROM trials GROUP BY solver").fetchall()
 query("results", "SELECT study, count(*) FROM trials GROUP BY study")  # every study
 pareto_front(rows, [("psnr", "max"), ("peak_memory_mib", "min")])
+transfer_table(rows)  # a transfer study: Table 3's rows M_a, M_b, ...
 export("results", "quickstart", "csv", "exports/quickstart")
 ```
 """
@@ -387,6 +388,67 @@ def list_studies(results_dir: str | Path) -> list[dict[str, Any]]:
         entry.setdefault("problem", None)
         out.append(entry)
     return out
+
+
+# -- transfer (Table 3) ---------------------------------------------------------------------
+
+#: Table 3's metric columns: (target task, metric columns tried in order, header)
+TRANSFER_COLUMNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("enhance", ("niqe",), "EN NIQE↓"),
+    ("enhance", ("loe",), "EN LOE↓"),
+    ("detect", ("ap", "map"), "DE mAP↑"),
+    ("segment", ("miou",), "SE mIoU↑"),
+)
+TASK_LABELS = {"enhance": "Enhancement", "detect": "Detection", "segment": "Segmentation"}
+STRATEGY_LABELS = {"naive": "Naive", "tbgl": "TBGL", "ibgl": "IBGL"}
+
+
+def is_transfer(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Rows of a transfer study (they carry stage and model columns)."""
+    return any(r.get("stage") in ("source", "target") and r.get("model") for r in rows)
+
+
+def transfer_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per trained model (M_a, ...): basic task, strategy, then Table 3's columns.
+
+    A cell is the target trial's metric (a number), its status when it did not complete
+    ('diverged', 'error', ...), or None where that target was not run or lacks the metric.
+    `source_status` says how the model's own training ended.
+    """
+    if not is_transfer(rows):
+        raise ResultsError("not a transfer study: its trials have no stage/model columns")
+    models: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (str(r.get("model")), r.get("stage") != "source")):
+        model = r.get("model")
+        if not model:
+            continue
+        entry = models.setdefault(
+            str(model),
+            {
+                "model": model,
+                "basic_task": TASK_LABELS.get(r.get("source_task"), r.get("source_task")),
+                "strategy": STRATEGY_LABELS.get(r.get("strategy"), r.get("strategy")),
+                "source_status": None,
+                **{header: None for *_, header in TRANSFER_COLUMNS},
+            },
+        )
+        if r.get("stage") == "source":
+            entry["source_status"] = r.get("status")
+            continue
+        for task, metrics, header in TRANSFER_COLUMNS:
+            if r.get("target_task") != task or is_number(entry[header]):
+                continue  # another task's column, or already filled by a completed trial
+            if not _completed(r):
+                entry[header] = r.get("status")
+                continue
+            value = next((r[m] for m in metrics if is_number(r.get(m))), None)
+            entry[header] = float(value) if value is not None else None
+    return [models[m] for m in sorted(models, key=_model_order)]
+
+
+def _model_order(model: str) -> tuple[int, str]:
+    suffix = model.removeprefix("M_")
+    return (int(suffix), "") if suffix.isdigit() else (0, suffix)
 
 
 # -- Pareto ---------------------------------------------------------------------------------

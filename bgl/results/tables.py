@@ -3,7 +3,8 @@
 `results/<study>/trials/<trial_id>.parquet`: one row per trial -- ids, status (completed,
 diverged, stopped, error) and error reason, task, solver, every searched hyperparameter typed
 (null where a conditional one does not apply), final and best metrics, wall times, peak memory,
-workers, device, seed, git commit, library versions and the full config as JSON.
+workers, device, seed, git commit, library versions and the full config as JSON. A transfer
+study's rows also say stage (source/target), model (M_a, ...), source_task, strategy, target_task.
 `results/<study>/history/<trial_id>.parquet`: (trial, step, kind, phase, metrics...).
 """
 
@@ -21,6 +22,9 @@ from bgl.results.parquet import rows_to_table, write_table
 
 TRIALS = "trials"
 HISTORY = "history"
+#: Tune-config key of a designed (not searched) trial's identity, e.g. a transfer study's
+#: {stage, model, source_task, strategy, target_task}; its fields become columns of the row
+DESIGN_KEY = "transfer"
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "categorical": None, "constant": None}
 
 
@@ -46,7 +50,10 @@ def trial_row(
     if params is None and result.get("params_json"):
         params = json.loads(result["params_json"])
     for key, value in (params or {}).items():
-        row[f"param.{key}"] = value
+        if key == DESIGN_KEY and isinstance(value, dict):
+            row.update(value)  # a designed trial's identity: plain columns
+        else:
+            row[f"param.{key}"] = value
     return row
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +113,26 @@ def run_study(
 
     Extending starts a new Tune experiment in the same folder on the same Optuna study (the
     journal), so the sampler learns from every earlier trial and rows join the same tables.
+    A transfer study (`type: transfer`) runs its two stages (`bgl.study.transfer`).
     """
-    from ray import tune
-
-    from bgl.study.trial import run_trial
-
     if address and not Path(study.output_dir).is_absolute():
         log.warning(
             "output_dir %r is relative: on a cluster it must be a shared folder every node "
             "sees (e.g. --set output_dir=/mnt/bgl-results)",
             study.output_dir,
         )
-    tune_dir = study.study_dir / TUNE_DIR
     if resume and extend:
         raise ConfigError("--resume and --extend: choose one")
+    if study.transfer is not None:
+        if extend:
+            raise ConfigError(
+                "--extend: a transfer study is a fixed design (every source x target once); "
+                "add tasks or solvers under a new --set name=..."
+            )
+        from bgl.study.transfer import run_transfer
+
+        return run_transfer(study, address=address, resume=resume, live=live, dashboard=dashboard)
+    tune_dir = study.study_dir / TUNE_DIR
     if (resume or extend) and not tune_dir.exists():
         raise ConfigError(f"--{'resume' if resume else 'extend'}: no study at {tune_dir}")
     if extend:
@@ -140,6 +148,48 @@ def run_study(
             f"{study.study_dir} already holds a study: pass --resume to finish it, or remove "
             "the folder (or choose another name with --set name=...) to start again"
         )
+    if resume:
+        done = finished_trials(study.study_dir)
+        log.info("resuming %s: %d trials already written", study.name, len(done))
+    with ray_session(address, dashboard):
+        fit_experiment(
+            study,
+            tune_dir,
+            resume=resume,
+            tune_config=None if resume else _tune_config(study),
+            param_space=None if resume else _param_space(study),
+            live=live,
+        )
+    return study.study_dir
+
+
+@contextmanager
+def ray_session(address: str | None, dashboard: bool = False) -> Iterator[None]:
+    """Ray attached or started for the block; a local instance started here is shut down."""
+    started = init_ray(address, dashboard=dashboard)
+    try:
+        yield
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def fit_experiment(
+    study: StudyConfig,
+    tune_dir: Path,
+    *,
+    resume: bool,
+    tune_config: Any,
+    param_space: dict[str, Any] | None,
+    live: bool,
+) -> None:
+    """One Tune experiment of the trial function in `tune_dir`: new, or restored (`resume`)."""
+    from ray import tune
+
+    from bgl.study.trial import run_trial
+
     if not os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") and not study.logging.tensorboard:
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # experiment state after every step, so a killed driver loses no finished trial
@@ -147,13 +197,10 @@ def run_study(
     # Tune's own console output off (verbose=0 is honoured by the classic reporter): the live
     # table and the Parquet tables are the interface
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started = init_ray(address, dashboard=dashboard)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, study=study), trial_resources(study)
     )
     if resume:
-        done = finished_trials(study.study_dir)
-        log.info("resuming %s: %d trials already written", study.name, len(done))
         tuner = tune.Tuner.restore(
             str(tune_dir),
             trainable=trainable,
@@ -164,8 +211,8 @@ def run_study(
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=_tune_config(study),
-            param_space=_param_space(study),
+            tune_config=tune_config,
+            param_space=param_space,
             run_config=tune.RunConfig(
                 name=tune_dir.name,
                 storage_path=str(study.study_dir),
@@ -174,14 +221,7 @@ def run_study(
                 failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
             ),
         )
-    try:
-        tuner.fit()
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    return study.study_dir
+    tuner.fit()
 
 
 def trial_resources(study: StudyConfig) -> dict[str, float]:

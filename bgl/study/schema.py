@@ -23,6 +23,8 @@ resources: {workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_co
 logging: {tensorboard: true, mlflow: null, wandb: null}
 ```
 Every error names its key (`search.params.optim.upper_lr: low must be < high`).
+`type: transfer` replaces `search` with a `transfer` block (a fixed two-stage design, the paper's
+Table 3; see `bgl.study.transfer`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from bgl.config import ConfigError, RunConfig, from_dict, read_yaml, set_path
 from bgl.solvers import SOLVERS
+
+if TYPE_CHECKING:
+    from bgl.study.transfer import TransferSpec
 
 # parameters that only exist for one solver (Optuna's define-by-run space makes them conditional)
 SOLVER_ONLY = {"solver.k": "ibgl", "solver.delta": "tbgl"}
@@ -109,6 +114,7 @@ class StudyConfig:
     resources: Resources = field(default_factory=Resources)
     logging: Logging = field(default_factory=Logging)
     source: str | None = None
+    transfer: TransferSpec | None = None  # `type: transfer`: the two-stage design, no search
 
     @property
     def study_dir(self) -> Path:
@@ -131,7 +137,18 @@ class StudyConfig:
         return from_dict(data)
 
 
-_TOP = {"name", "output_dir", "base", "base_file", "search", "resources", "logging"}
+_TOP = {
+    "name",
+    "type",
+    "output_dir",
+    "base",
+    "base_file",
+    "search",
+    "transfer",
+    "resources",
+    "logging",
+}
+STUDY_TYPES = ("search", "transfer")
 _SEARCH = {
     "num_samples",
     "metric",
@@ -175,11 +192,35 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
         from_dict(base)
     except ConfigError as exc:
         raise ConfigError(f"base.{exc}") from exc
-    search = data.get("search") or {}
+    study = StudyConfig(name=name, base=base, output_dir=str(data.get("output_dir", "results")))
+    kind = _choice(data.get("type", "search"), STUDY_TYPES, "type")
+    if kind == "transfer":
+        _parse_transfer(study, data)
+    else:
+        if "transfer" in data:
+            raise ConfigError("transfer: only a study of type: transfer takes a transfer block")
+        _parse_search(study, data.get("search") or {})
+    study.resources = _dataclass(Resources, data.get("resources") or {}, "resources.")
+    r = study.resources
+    _choice(r.launcher, ("ray_train", "in_trial"), "resources.launcher")
+    if r.launcher == "in_trial" and r.workers_per_trial != 1:
+        raise ConfigError("resources.launcher: in_trial runs exactly one worker per trial")
+    if r.workers_per_trial < 1 or r.cpus_per_worker <= 0 or r.max_concurrent_trials < 1:
+        raise ConfigError(
+            "resources: workers_per_trial, cpus_per_worker and "
+            "max_concurrent_trials must be positive"
+        )
+    study.logging = _dataclass(Logging, data.get("logging") or {}, "logging.")
+    _check_paths_exist(study)
+    return study
+
+
+def _parse_search(study: StudyConfig, search: Any) -> None:
+    """The search block of an ordinary (`type: search`) study."""
+    base = study.base
     if not isinstance(search, dict):
         raise ConfigError("search: expected a mapping")
     _no_unknown(search, _SEARCH, "search.")
-    study = StudyConfig(name=name, base=base, output_dir=str(data.get("output_dir", "results")))
     study.num_samples = _int(search.get("num_samples", 1), "search.num_samples", minimum=1)
     study.objectives = _objectives(search)
     study.sampler = _choice(
@@ -217,19 +258,24 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
                 raise ConfigError(
                     f"search.params.{p.path}: sampler grid takes only choices or constants"
                 )
-    study.resources = _dataclass(Resources, data.get("resources") or {}, "resources.")
-    r = study.resources
-    _choice(r.launcher, ("ray_train", "in_trial"), "resources.launcher")
-    if r.launcher == "in_trial" and r.workers_per_trial != 1:
-        raise ConfigError("resources.launcher: in_trial runs exactly one worker per trial")
-    if r.workers_per_trial < 1 or r.cpus_per_worker <= 0 or r.max_concurrent_trials < 1:
+
+
+def _parse_transfer(study: StudyConfig, data: dict[str, Any]) -> None:
+    """A transfer study: the design replaces the search (see `bgl.study.transfer`)."""
+    from bgl.study.transfer import parse_transfer
+
+    if "search" in data:
         raise ConfigError(
-            "resources: workers_per_trial, cpus_per_worker and "
-            "max_concurrent_trials must be positive"
+            "search: a transfer study has no search; its trials are transfer.source_tasks x "
+            "transfer.source_solvers, then each trained model x transfer.target_tasks"
         )
-    study.logging = _dataclass(Logging, data.get("logging") or {}, "logging.")
-    _check_paths_exist(study)
-    return study
+    if "transfer" not in data:
+        raise ConfigError("transfer: required for a study of type: transfer")
+    spec = parse_transfer(data["transfer"], study.base)
+    study.transfer = spec
+    study.solvers = list(spec.source_solvers)
+    study.tasks = list(dict.fromkeys([*spec.source_tasks, *spec.target_tasks]))
+    study.objectives = [Objective("psnr", "max")]  # per trial: its task's primary metric
 
 
 def _check_paths_exist(study: StudyConfig) -> None:

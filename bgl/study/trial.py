@@ -12,7 +12,7 @@ from typing import Any
 
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
-from bgl.study.worker import FINAL_KEY, run_and_report, train_loop_per_worker
+from bgl.study.worker import EXPORT_KEY, FINAL_KEY, run_and_report, train_loop_per_worker
 
 
 def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
@@ -25,9 +25,8 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     params = drop_inapplicable(study, dict(config))
-    run = study.trial_config(params, trial_name=f"{study.name}-{trial_id}")
+    loop_config = _loop_config(study, params, trial_name=f"{study.name}-{trial_id}")
     r = study.resources
-    loop_config = {"run": run.to_dict(), "objectives": [o.metric for o in study.objectives]}
     if r.launcher == "in_trial":
         _train_in_trial(loop_config, params, start)
         return
@@ -37,10 +36,7 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
         per_worker["GPU"] = r.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "run": run.to_dict(),
-            "objectives": [o.metric for o in study.objectives],
-        },
+        train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial, use_gpu=use_gpu, resources_per_worker=per_worker
@@ -59,6 +55,22 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
     final["trial_wall_s"] = time.perf_counter() - start
     final["params_json"] = json.dumps(params, default=str)
     tune.report(final)
+
+
+def _loop_config(study: StudyConfig, params: dict[str, Any], trial_name: str) -> dict[str, Any]:
+    """What a worker needs: the run config, the objective metrics, where to export F (if so).
+
+    A transfer trial (its identity under `transfer` in the Tune config) builds its config from
+    the study's design; any other trial sets its sampled parameters on the base config.
+    """
+    if "transfer" in params:
+        from bgl.study.transfer import trial_setup
+
+        run, objectives, export = trial_setup(study, params["transfer"], trial_name)
+    else:
+        run = study.trial_config(params, trial_name=trial_name)
+        objectives, export = [o.metric for o in study.objectives], None
+    return {"run": run.to_dict(), "objectives": objectives, EXPORT_KEY: export}
 
 
 def _train_in_trial(loop_config: dict[str, Any], params: dict[str, Any], start: float) -> None:

@@ -8,6 +8,9 @@ checkpoint), and a restarted worker group (or trial) resumes from the last check
 `api` selects the reporting module: `ray.train` inside a TorchTrainer worker, `ray.tune` when a
 single-worker trial trains in the trial process (`resources.launcher: in_trial`), which skips
 Ray Train's controller and worker-group start-up.
+
+A trial whose loop config names `export_checkpoint` (a transfer study's stage 1) saves its final
+checkpoint there when it completes, for stage 2 to load and freeze.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from bgl.train.checkpoint import CHECKPOINT_NAME
 from bgl.train.loop import Callbacks, DivergedError, Trainer
 
 FINAL_KEY = "bgl_final"  # marks the last report of a trial (the run summary)
+EXPORT_KEY = "export_checkpoint"  # loop config: where a completed run saves its checkpoint
 
 
 def _api(name: str) -> Any:
@@ -94,6 +98,9 @@ def run_and_report(
         summary = trainer.fit(callbacks=_RayReporter(api))
     except DivergedError as exc:
         summary = trainer.summary(status="diverged", error=str(exc))
+    export = config.get(EXPORT_KEY)
+    if export and trainer.rank == 0 and summary["status"] == "completed":
+        trainer.save(export)  # before the final report: a completed trial implies the file
     final = final_report(summary, trainer.history, config["objectives"])
     final.update(extra or {})
     if started is not None:  # in-trial: this process's clock is the trial's

@@ -68,6 +68,10 @@ def train_local(
             raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
         trainer.resume(checkpoint)
         console.log(f"resumed {cfg.name} at step {trainer.step}/{trainer.total_steps}")
+    if trainer.frozen:
+        console.log(
+            f"generator frozen ({cfg.model.generator_checkpoint}): training the task network only"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     columns = [

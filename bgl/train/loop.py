@@ -8,6 +8,10 @@ DARTS' order (hypergradient from an unrolled step at the current θ, then the lo
 One `Trainer` per worker: data streams are sharded by rank and every gradient (warm, lower,
 hypergradient) goes through the same `reduce`, so N workers follow the 1-worker trajectory of the
 concatenated batches.
+
+A frozen generative block (`model.freeze_generator`, F loaded from `model.generator_checkpoint`)
+is the paper's transfer setting (Table 3): ω never changes, the warm start trains θ alone and each
+bilevel-phase step is one lower step on L_G (no hypergradient, no upper optimiser step).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bgl.config import RunConfig
+from bgl.config import ModelConfig, RunConfig
 from bgl.data.splits import build_splits
 from bgl.data.stream import BatchStream, sequential_batches
 from bgl.models.generator import build_generator
@@ -79,6 +83,11 @@ class Trainer:
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.task = build_task(cfg.task.name, **cfg.task.options)
         self.upper: nn.Module = build_generator(cfg.model.generator_width).to(self.device)
+        if cfg.model.generator_checkpoint:
+            load_generator(self.upper, cfg.model)
+        self.frozen = cfg.model.freeze_generator
+        if self.frozen:  # no graph through F: its passes cost a forward only
+            self.upper.requires_grad_(False)
         self.lower: nn.Module = self.task.build_lower().to(self.device)
         self.problem = BilevelProblem(
             self.upper, self.lower, self.task.lower_loss, self.task.upper_loss
@@ -130,11 +139,13 @@ class Trainer:
     # -- steps ----------------------------------------------------------------------------
     def warm_step(self) -> dict[str, float]:
         batch = next(self.train_stream)
-        params = [*self.upper.parameters(), *self.lower.parameters()]
+        upper = [] if self.frozen else list(self.upper.parameters())
+        params = [*upper, *self.lower.parameters()]
         loss = self.task.warm_loss(self.upper, self.lower, batch)
         self._check_finite(loss, "warm-start loss")
         _apply(params, self.reduce(grads(loss, params)))
-        _step(self.upper_opt)
+        if not self.frozen:
+            _step(self.upper_opt)
         _step(self.lower_opt)
         return {"warm_loss": loss.item()}
 
@@ -168,6 +179,8 @@ class Trainer:
 
     def bilevel_step(self, lower_lr: float) -> dict[str, float]:
         s = self.cfg.solver
+        if self.frozen:  # F fixed: the lower problem alone, one step at a time
+            return {"lower_loss": self.lower_step(next(self.train_stream))}
         if s.name == "tbgl":
             train_batch, val_batch = next(self.train_stream), next(self.val_stream)
             h_norm = self.upper_step(train_batch, val_batch, lower_lr)
@@ -276,6 +289,8 @@ class Trainer:
             "error": error,
             "task": self.cfg.task.name,
             "solver": self.cfg.solver.name,
+            "generator": self.generator_mode,
+            "generator_checkpoint": self.cfg.model.generator_checkpoint,
             "seed": self.cfg.seed,
             "steps": self.step,
             "final": metrics,
@@ -289,6 +304,13 @@ class Trainer:
             "git_commit": git_commit(),
             "versions": library_versions(),
         }
+
+    @property
+    def generator_mode(self) -> str:
+        """How ω was obtained: `trained` here, `fine-tuned` from a checkpoint, or `frozen`."""
+        if self.frozen:
+            return "frozen"
+        return "fine-tuned" if self.cfg.model.generator_checkpoint else "trained"
 
     # -- checkpoints ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -323,6 +345,28 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
+
+
+def load_generator(upper: nn.Module, model: ModelConfig) -> None:
+    """Copy F's weights from the training checkpoint `model.generator_checkpoint` (weights_only).
+
+    Errors name the key and the file: a missing file, a file that is not a training checkpoint,
+    or one whose generator has another width.
+    """
+    path = model.generator_checkpoint
+    try:
+        state = load_checkpoint(path)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"model.generator_checkpoint: {exc}") from None
+    if "upper" not in state:
+        raise ValueError(f"model.generator_checkpoint: {path} is not a training checkpoint")
+    width = (state.get("config") or {}).get("model", {}).get("generator_width")
+    if width is not None and width != model.generator_width:
+        raise ValueError(
+            f"model.generator_width: {model.generator_width}, but {path} holds a generator of "
+            f"width {width}"
+        )
+    upper.load_state_dict(state["upper"])
 
 
 def _step(optimizer: torch.optim.Optimizer) -> None:
