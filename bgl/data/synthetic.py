@@ -33,13 +33,13 @@ _STROKES = 4  # strokes per glyph cluster
 _LINES = 3  # long thin line segments per scene
 
 
-def _rand(generator: torch.Generator | None, *shape: int) -> torch.Tensor:
+def rand_uniform(generator: torch.Generator | None, *shape: int) -> torch.Tensor:
     return torch.rand(shape, generator=generator)
 
 
-def _smooth_noise(n: int, size: int, generator: torch.Generator | None) -> torch.Tensor:
+def smooth_noise(n: int, size: int, generator: torch.Generator | None) -> torch.Tensor:
     """(n,1,size,size) low-frequency noise in about [-1,1]: a coarse grid, bilinearly upsampled."""
-    cells = int(_rand(generator, 1).item() * 6) + 3  # same coarseness for the whole batch
+    cells = int(rand_uniform(generator, 1).item() * 6) + 3  # same coarseness for the whole batch
     coarse = torch.randn((n, 1, cells, cells), generator=generator)
     fine = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     return fine.clamp(-2.0, 2.0) / 2.0
@@ -56,7 +56,7 @@ def _segment_distance(
     return torch.sqrt((x - ax - t * dx) ** 2 + (y - ay - t * dy) ** 2)
 
 
-def _composite(image: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def composite(image: torch.Tensor, colour: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Paint ``colour`` over ``image`` with coverage ``mask`` (in place, one fused op)."""
     return image.lerp_(colour.expand_as(image), mask.expand_as(image))
 
@@ -76,68 +76,68 @@ def render_scenes(n: int, size: int, generator: torch.Generator | None = None) -
     x = coords.view(1, 1, 1, size)
 
     # Background: linear gradient between two colours along a random direction, plus faint noise.
-    c0, c1 = _rand(generator, n, 3, 1, 1), _rand(generator, n, 3, 1, 1)
-    theta = _rand(generator, n, 1, 1, 1) * 2 * math.pi
+    c0, c1 = rand_uniform(generator, n, 3, 1, 1), rand_uniform(generator, n, 3, 1, 1)
+    theta = rand_uniform(generator, n, 1, 1, 1) * 2 * math.pi
     t = ((x - 0.5) * torch.cos(theta) + (y - 0.5) * torch.sin(theta)) / math.sqrt(2) + 0.5
     image = c0 + (c1 - c0) * t
-    image = image + 0.1 * _rand(generator, n, 1, 1, 1) * _smooth_noise(n, size, generator)
+    image = image + 0.1 * rand_uniform(generator, n, 1, 1, 1) * smooth_noise(n, size, generator)
 
     # Filled shapes, composited back to front.
     for _ in range(_SHAPES):
-        cx, cy = _rand(generator, n, 1, 1, 1), _rand(generator, n, 1, 1, 1)
-        hx = 0.04 + 0.26 * _rand(generator, n, 1, 1, 1)
-        hy = 0.04 + 0.26 * _rand(generator, n, 1, 1, 1)
-        rot = _rand(generator, n, 1, 1, 1) * math.pi
+        cx, cy = rand_uniform(generator, n, 1, 1, 1), rand_uniform(generator, n, 1, 1, 1)
+        hx = 0.04 + 0.26 * rand_uniform(generator, n, 1, 1, 1)
+        hy = 0.04 + 0.26 * rand_uniform(generator, n, 1, 1, 1)
+        rot = rand_uniform(generator, n, 1, 1, 1) * math.pi
         u = (x - cx) * torch.cos(rot) + (y - cy) * torch.sin(rot)
         v = -(x - cx) * torch.sin(rot) + (y - cy) * torch.cos(rot)
         rect_inside = torch.minimum(hx - u.abs(), hy - v.abs())
         radius = torch.sqrt((u / hx) ** 2 + (v / hy) ** 2)
         ellipse_inside = (1.0 - radius) * torch.minimum(hx, hy)
-        is_rect = _rand(generator, n, 1, 1, 1) < 0.5
+        is_rect = rand_uniform(generator, n, 1, 1, 1) < 0.5
         inside = torch.where(is_rect, rect_inside, ellipse_inside)
         mask = (inside * size + 0.5).clamp(0.0, 1.0)
 
         # Texture: a weight in [0,1] between two colours (flat, stripes or blotches).
-        ca, cb = _rand(generator, n, 3, 1, 1), _rand(generator, n, 3, 1, 1)
-        freq = 3.0 + 13.0 * _rand(generator, n, 1, 1, 1)
-        phi = _rand(generator, n, 1, 1, 1) * 2 * math.pi
-        psi = _rand(generator, n, 1, 1, 1) * 2 * math.pi
+        ca, cb = rand_uniform(generator, n, 3, 1, 1), rand_uniform(generator, n, 3, 1, 1)
+        freq = 3.0 + 13.0 * rand_uniform(generator, n, 1, 1, 1)
+        phi = rand_uniform(generator, n, 1, 1, 1) * 2 * math.pi
+        psi = rand_uniform(generator, n, 1, 1, 1) * 2 * math.pi
         stripes = 0.5 + 0.5 * torch.sin(
             2 * math.pi * freq * (x * torch.cos(phi) + y * torch.sin(phi)) + psi
         )
-        blotches = torch.sigmoid(3.0 * _smooth_noise(n, size, generator))
-        kind = (_rand(generator, n, 1, 1, 1) * 3).floor()
+        blotches = torch.sigmoid(3.0 * smooth_noise(n, size, generator))
+        kind = (rand_uniform(generator, n, 1, 1, 1) * 3).floor()
         weight = torch.where(kind == 0, torch.zeros_like(stripes), stripes)
         weight = torch.where(kind == 2, blotches, weight)
-        image = _composite(image, ca + (cb - ca) * weight, mask)
+        image = composite(image, ca + (cb - ca) * weight, mask)
 
     # Text-like glyph clusters: short thin strokes inside a small box, dark or bright.
     for _ in range(_GLYPHS):
-        box = 0.05 + 0.12 * _rand(generator, n, 1, 1)
-        origin = _rand(generator, n, 1, 2) * (1.0 - box)
-        a = origin + box * _rand(generator, n, _STROKES, 2)
-        b = origin + box * _rand(generator, n, _STROKES, 2)
-        width = 0.6 + 1.0 * _rand(generator, n, 1, 1, 1)  # pixels
+        box = 0.05 + 0.12 * rand_uniform(generator, n, 1, 1)
+        origin = rand_uniform(generator, n, 1, 2) * (1.0 - box)
+        a = origin + box * rand_uniform(generator, n, _STROKES, 2)
+        b = origin + box * rand_uniform(generator, n, _STROKES, 2)
+        width = 0.6 + 1.0 * rand_uniform(generator, n, 1, 1, 1)  # pixels
         dist = _segment_distance(x, y, a, b) * size
         mask = (0.5 * width - dist + 0.5).clamp(0.0, 1.0).amax(dim=1, keepdim=True)
-        bright = (_rand(generator, n, 1, 1, 1) < 0.5).float()
-        ink = bright * (0.85 + 0.15 * _rand(generator, n, 3, 1, 1))
-        ink = ink + (1 - bright) * 0.15 * _rand(generator, n, 3, 1, 1)
-        image = _composite(image, ink, mask)
+        bright = (rand_uniform(generator, n, 1, 1, 1) < 0.5).float()
+        ink = bright * (0.85 + 0.15 * rand_uniform(generator, n, 3, 1, 1))
+        ink = ink + (1 - bright) * 0.15 * rand_uniform(generator, n, 3, 1, 1)
+        image = composite(image, ink, mask)
 
     # Long thin line segments in random colours.
-    a = _rand(generator, n, _LINES, 2)
-    b = _rand(generator, n, _LINES, 2)
-    width = 0.6 + 1.4 * _rand(generator, n, _LINES, 1, 1)
+    a = rand_uniform(generator, n, _LINES, 2)
+    b = rand_uniform(generator, n, _LINES, 2)
+    width = 0.6 + 1.4 * rand_uniform(generator, n, _LINES, 1, 1)
     masks = (0.5 * width - _segment_distance(x, y, a, b) * size + 0.5).clamp(0.0, 1.0)
-    colours = _rand(generator, n, _LINES, 3, 1, 1)
+    colours = rand_uniform(generator, n, _LINES, 3, 1, 1)
     for k in range(_LINES):
-        image = _composite(image, colours[:, k], masks[:, k : k + 1])
+        image = composite(image, colours[:, k], masks[:, k : k + 1])
 
     return image.clamp(0.0, 1.0)
 
 
-def _chunk_seed(seed: int, chunk: int) -> int:
+def chunk_seed(seed: int, chunk: int) -> int:
     """A well-mixed 63-bit seed for one (dataset seed, chunk index) pair."""
     state = np.random.SeedSequence([seed, chunk]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
@@ -179,7 +179,7 @@ class SyntheticLowLight(Dataset):
 
         raws, rgbs, ratios = [], [], []
         for chunk in range((n + CHUNK - 1) // CHUNK):
-            generator = torch.Generator().manual_seed(_chunk_seed(seed, chunk))
+            generator = torch.Generator().manual_seed(chunk_seed(seed, chunk))
             scenes = render_scenes(CHUNK, size, generator)
             pair = synthesize_low_light(
                 scenes,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from bgl.data.synthetic import CHUNK, _chunk_seed, render_scenes
+from bgl.data.synthetic import CHUNK, chunk_seed, render_scenes
 from bgl.raw.unprocess import DEFAULT_RATIO_RANGE, DEFAULT_SHOT_RANGE, synthesize_low_light
 
 __all__ = ["GRID", "SyntheticFaces", "render_faces"]
@@ -101,7 +101,7 @@ class SyntheticFaces(Dataset):
         self.camera_seed, self.ratio_range = camera_seed, ratio_range
         raws, rgbs, ratios, boxes, counts = [], [], [], [], []
         for chunk in range((n + CHUNK - 1) // CHUNK):
-            generator = torch.Generator().manual_seed(_chunk_seed(seed, chunk))
+            generator = torch.Generator().manual_seed(chunk_seed(seed, chunk))
             images, chunk_boxes, present = render_faces(CHUNK, size, generator)
             pair = synthesize_low_light(
                 images,

@@ -50,9 +50,9 @@ def add_eval_detect_command(eval_subparsers: Any) -> Any:
 
 def plot_pr_curve(curve: Any, path: Path, title: str) -> Path:
     """The precision-recall curve as a PNG (matplotlib's Agg canvas; written atomically)."""
-    from bgl.results.plots import _figure, _save
+    from bgl.results.plots import new_figure, save_figure
 
-    fig, ax = _figure()
+    fig, ax = new_figure()
     ax.plot([0.0, *curve.recall.tolist()], [1.0, *curve.precision.tolist()], color="tab:blue")
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.02)
@@ -60,7 +60,7 @@ def plot_pr_curve(curve: Any, path: Path, title: str) -> Path:
     ax.set_ylabel("precision")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def run_eval_detect(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -85,7 +85,6 @@ def run_eval_detect(args: argparse.Namespace, console: Console | None = None) ->
     run = load_trained(
         args.checkpoint,
         data=data,
-        task_options={"pretrained": None},
         expect_task="detect",
         device=resolve_device(args.device),
     )

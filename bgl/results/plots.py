@@ -92,7 +92,7 @@ def plot_vs_param(trials: Sequence[Row], metric: str, param: str, path: Path) ->
         return (
             f"skipped {metric} vs {param}: no completed {solver} trial with {column} and {metric}"
         )
-    fig, ax = _figure()
+    fig, ax = new_figure()
     xs, ys, _ = zip(*points)
     ax.scatter(xs, ys, color=_colour(solver, [solver]), label=f"{solver} trials", zorder=3)
     means: dict[float, list[float]] = {}
@@ -110,7 +110,7 @@ def plot_vs_param(trials: Sequence[Row], metric: str, param: str, path: Path) ->
     ax.set_title(f"{metric} vs {param} ({solver}, {_count(len(points), 'trial')})")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(
@@ -130,7 +130,7 @@ def plot_curves(
     if not lines:
         return f"skipped {metric} curves: no eval rows with {metric} in the history"
     solvers = sorted(set(solver_of.values()))
-    fig, ax = _figure()
+    fig, ax = new_figure()
     labelled: set[str] = set()
     for trial_id, points in sorted(lines.items(), key=lambda kv: str(kv[0])):
         points.sort()
@@ -152,7 +152,7 @@ def plot_curves(
     ax.set_title(f"{metric} during training ({_count(len(lines), 'trial')}; dashed: not completed)")
     ax.grid(True, alpha=0.3)
     ax.legend(title="solver")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_pareto(trials: Sequence[Row], objectives: Objectives, path: Path) -> Path | str:
@@ -171,7 +171,7 @@ def plot_pareto(trials: Sequence[Row], objectives: Objectives, path: Path) -> Pa
         return f"skipped Pareto plot: no completed trial with both {mx} and {my}"
     front = pareto_front(points, objectives)
     solvers = sorted({str(r.get("solver")) for r in points})
-    fig, ax = _figure()
+    fig, ax = new_figure()
     for solver in solvers:
         group = [r for r in points if str(r.get("solver")) == solver]
         ax.scatter(
@@ -198,13 +198,13 @@ def plot_pareto(trials: Sequence[Row], objectives: Objectives, path: Path) -> Pa
     ax.set_title(f"{mx} vs {my} ({len(points)} completed trials{extra})")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- helpers --------------------------------------------------------------------------------
 
 
-def _figure() -> tuple[Any, Any]:
+def new_figure() -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -214,7 +214,7 @@ def _figure() -> tuple[Any, Any]:
     return fig, fig.add_subplot()
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

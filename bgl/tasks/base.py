@@ -13,7 +13,8 @@ plus task-specific keys (boxes, label maps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -22,12 +23,28 @@ from torch import nn
 Batch = dict[str, torch.Tensor]
 
 
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put modules in eval mode, then restore every submodule's own train/eval flag."""
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
+
+
 class Task(ABC):
     """L_G (lower, training batch), L_F (upper, validation batch), evaluation, primary metric."""
 
     name: str = "task"
     primary_metric: str = ""
     mode: Literal["max", "min"] = "max"
+    #: Options naming pretrained weight files for G (e.g. an ImageNet backbone). Rebuilding a
+    #: task from a training checkpoint sets them to None: the checkpoint holds every weight.
+    weight_options: tuple[str, ...] = ()
 
     @abstractmethod
     def build_lower(self) -> nn.Module:

@@ -24,8 +24,7 @@ from torch import nn
 
 from bgl.metrics.detection import PRCurve, average_precision, pr_curve
 from bgl.models.dsfd import DSFD, INPUT_NORMS, DSFDOutput, detect, dsfd_loss, load_vgg16_weights
-from bgl.tasks.base import Batch, Task
-from bgl.tasks.enhance import _eval_mode
+from bgl.tasks.base import Batch, Task, eval_mode
 
 
 class DetectTask(Task):
@@ -43,6 +42,7 @@ class DetectTask(Task):
     name = "detect"
     primary_metric = "ap"
     mode = "max"
+    weight_options = ("pretrained",)
 
     def __init__(
         self,
@@ -152,7 +152,7 @@ class DetectTask(Task):
         self, upper: nn.Module, lower: nn.Module, batch: Batch
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Detections per image (boxes (n, 4) in RGB pixels, scores (n,)), in eval mode."""
-        with torch.no_grad(), _eval_mode(upper, lower):
+        with torch.no_grad(), eval_mode(upper, lower):
             x, out = self.outputs(upper, lower, batch)
             return self._detect(out, x)
 
@@ -173,7 +173,7 @@ class DetectTask(Task):
         ground_truths: list[torch.Tensor] = []
         sums = {"upper_loss": 0.0, "lower_loss": 0.0}
         count = 0
-        with torch.no_grad(), _eval_mode(upper, lower):
+        with torch.no_grad(), eval_mode(upper, lower):
             for batch in batches:
                 x, out = self.outputs(upper, lower, batch)
                 n = x.shape[0]

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +29,7 @@ from bgl.metrics.image import psnr, ssim
 from bgl.metrics.registry import get_metric, validate_metrics
 from bgl.models.enhance import IlluminationNet
 from bgl.raw.bayer import packed_to_rgb
-from bgl.tasks.base import Batch, Task
+from bgl.tasks.base import Batch, Task, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -95,19 +94,6 @@ def sci_smoothness(
         weight = torch.exp((ya - yb).pow(2).sum(dim=1, keepdim=True) * scale)
         total = total + (weight * (la - lb).abs().sum(dim=1, keepdim=True)).mean()
     return 2.0 * total
-
-
-@contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode, then restore every submodule's own train/eval flag."""
-    saved = [(m, m.training) for module in modules for m in module.modules()]
-    try:
-        for module in modules:
-            module.eval()
-        yield
-    finally:
-        for m, training in saved:
-            m.training = training
 
 
 class EnhanceTask(Task):
@@ -277,7 +263,7 @@ class EnhanceTask(Task):
         extra_sums = {spec.name: 0.0 for spec in extra}
         extra_counts = {spec.name: 0 for spec in extra}
         count = 0
-        with torch.no_grad(), _eval_mode(upper, lower):
+        with torch.no_grad(), eval_mode(upper, lower):
             for batch in batches:
                 _, x01, illumination, y = self.outputs(upper, lower, batch)
                 rgb = batch["rgb"]

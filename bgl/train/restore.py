@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from bgl.config import RunConfig, from_dict
-from bgl.tasks import Task, build_task
+from bgl.tasks import Task, build_task, task_class
 from bgl.train.checkpoint import load_checkpoint
 
 
@@ -58,6 +58,8 @@ def load_trained(
     if expect_task is not None and cfg.task.name != expect_task:
         raise ValueError(f"{checkpoint} is a {cfg.task.name!r} checkpoint, not {expect_task!r}")
     options = dict(cfg.task.options)
+    # the checkpoint holds G's weights: do not look for its pretrained backbone file again
+    options.update(dict.fromkeys(task_class(cfg.task.name).weight_options))
     options.update(task_options or {})
     task = build_task(cfg.task.name, **options)
     device = torch.device(device)
