@@ -62,3 +62,15 @@ def test_load_errors(tmp_path):
 def test_flat_keys_for_tables():
     flat = from_dict({"task": {"options": {"width": 8}}}).flat()
     assert flat["solver.k"] == 1 and flat["task.options"] == {"width": 8}
+
+
+@pytest.mark.parametrize("name", ["quickstart_run", "detect_run", "segment_run"])
+def test_shipped_run_configs_load_and_build(name):
+    """Each shipped run YAML validates, and its task and model build with its options."""
+    from pathlib import Path
+
+    from bgl.tasks import build_task
+
+    cfg = load(Path(__file__).parent.parent / "studies" / f"{name}.yaml")
+    task = build_task(cfg.task.name, **cfg.task.options)
+    assert sum(p.numel() for p in task.build_lower().parameters()) > 0

@@ -23,7 +23,9 @@ def _study(**search):
     }
 
 
-@pytest.mark.parametrize("name", ["quickstart", "solver_ablation", "paper_enhance"])
+@pytest.mark.parametrize(
+    "name", ["quickstart", "solver_ablation", "paper_enhance", "paper_detect", "paper_segment"]
+)
 def test_shipped_studies_load(name):
     study = load_study(STUDIES / f"{name}.yaml", ["base.data.root=/data/somewhere"])
     for solver in study.solvers:
