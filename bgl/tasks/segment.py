@@ -67,8 +67,8 @@ class SegmentTask(Task):
     Options: `depth` 50 or 101 (the backbone), `width` (64: the published network; tests use
     4-8), `output_stride` 16 (or 8), `dropout` (ASPP, off; see the module docstring),
     `backbone_weights`: None (random init), a torchvision ImageNet ResNet checkpoint path, or
-    "hub" for torchvision's file in the torch hub cache (`$BGL_RESNET50_WEIGHTS` /
-    `$BGL_RESNET101_WEIGHTS` also work with "hub"). `warm_generator_weight` weighs an L1 term
+    "auto" for torchvision's file in the torch hub cache (`$BGL_RESNET50_WEIGHTS` /
+    `$BGL_RESNET101_WEIGHTS` also work with "auto"). `warm_generator_weight` weighs an L1 term
     on F in the warm start (see `warm_loss`).
     """
 
@@ -108,7 +108,7 @@ class SegmentTask(Task):
     def _resolve_weights(self, weights: str | None) -> str | None:
         if weights is None:
             return None
-        given: str | os.PathLike[str] | None = None if weights == "hub" else weights
+        given: str | os.PathLike[str] | None = None if weights == "auto" else weights
         return resnet_weights_path(self.depth, given)
 
     def build_lower(self) -> nn.Module:
