@@ -14,5 +14,8 @@ pip install -c constraints.txt --no-deps --no-build-isolation basicsr==1.4.2
 if [ -n "$extra" ]; then
   # independent reference implementations the metric tests compare against
   pip install -c constraints.txt --no-deps piq==0.8.0
+  # BOAT, the peer bilevel toolbox `bgl bench boat` and its tests compare against (it declares
+  # torchvision, which would replace torch: no dependencies; it needs only torch, higher, matplotlib)
+  pip install -c constraints.txt --no-deps boat-torch==1.1.1 higher==0.2.1
 fi
 python -c "import torch; print('bgl installed with torch', torch.__version__)"

@@ -114,18 +114,77 @@ def print_table(rows: list[dict[str, Any]], console: Console) -> None:
 
 
 def _measure_in_child(cfg: SolverBenchConfig, solver: str) -> dict[str, Any]:
+    payload = {"config": dataclasses.asdict(cfg), "solver": solver}
+    return run_child("bgl.bench.solvers", payload, what=f"solver benchmark for {solver}")
+
+
+def run_child(module: str, payload: dict[str, Any], *, what: str) -> dict[str, Any]:
+    """Run `python -m module <json payload>` in a fresh process; its last stdout line is JSON.
+
+    glibc's mmap threshold is pinned so freed activation buffers leave the process and VmHWM is
+    the step's real peak (see the module docstring).
+    """
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
-    payload = json.dumps({"config": dataclasses.asdict(cfg), "solver": solver})
     proc = subprocess.run(
-        [sys.executable, "-m", "bgl.bench.solvers", payload],
+        [sys.executable, "-m", module, json.dumps(payload)],
         capture_output=True,
         text=True,
         env=env,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"solver benchmark for {solver} failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class StepMeasurement:
+    """Wall seconds of each timed step; process/GPU peak, and the memory held before the steps."""
+
+    times: list[float]
+    peak: int
+    before: int
+    cuda: bool
+
+    def row(self, held_bytes: int) -> dict[str, Any]:
+        """time_s (median), time_s_min, peak_bytes, step_peak_bytes, tensor_peak_bytes."""
+        step_peak = self.peak - self.before
+        return {
+            "time_s": statistics.median(self.times),
+            "time_s_min": min(self.times),
+            "peak_bytes": int(self.peak),
+            "step_peak_bytes": int(step_peak),
+            "tensor_peak_bytes": int(self.peak if self.cuda else step_peak + held_bytes),
+        }
+
+
+def measure_steps(step: Any, device: Any, *, repeats: int, warmup: int) -> StepMeasurement:
+    """Warm up, reset the peak counter, then time `repeats` calls of `step()` (synchronised)."""
+    import torch
+
+    cuda = device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):  # allocates optimiser state, warms kernels
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        before = _rss_bytes("VmRSS")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")
+    return StepMeasurement(times, int(peak), int(before), cuda)
 
 
 def _rss_bytes(field: str) -> int:
@@ -135,82 +194,83 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _child(cfg: SolverBenchConfig, solver: str) -> dict[str, Any]:
-    import itertools
+def bench_run_config(
+    cfg: SolverBenchConfig, solver: str, **overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """The run config (as a dict for `bgl.config.from_dict`) every solver benchmark trains with.
 
-    import torch
+    `overrides` replaces whole sections (e.g. `optim=...`), so other benchmarks share the sizes.
+    """
+    run = {
+        "name": f"bench-{solver}",
+        "task": {"name": "enhance", "options": {"width": cfg.lower_width}},
+        "model": {"generator_width": cfg.width},
+        "data": {
+            "crop": cfg.crop,
+            "batch_size": cfg.batch_size,
+            "val_batch_size": cfg.batch_size,
+        },
+        "solver": {"name": solver, "k": cfg.k if solver == "ibgl" else 1, "delta": cfg.delta},
+        "train": {"device": cfg.device, "warm_steps": 0, "steps": 1},
+    }
+    run.update(overrides)
+    return run
+
+
+def fixed_batch_trainer(run_dict: dict[str, Any], **trainer_kwargs: Any) -> tuple[Any, dict, dict]:
+    """A Trainer on synthetic data whose streams repeat one train and one val batch forever.
+
+    Fixed batches: a benchmark measures the step, not the loader.
+    """
+    import itertools
 
     from bgl.config import from_dict
     from bgl.data.synthetic import SyntheticLowLight
-    from bgl.results.provenance import device_description
     from bgl.train.loop import Trainer
+
+    run = from_dict(run_dict)
+    world = trainer_kwargs.get("world", 1)
+    data = SyntheticLowLight(2 * run.data.batch_size * world, size=run.data.crop, seed=0)
+    trainer = Trainer(run, splits={"train": data, "val": data, "test": data}, **trainer_kwargs)
+    train_batch, val_batch = next(trainer.train_stream), next(trainer.val_stream)
+    trainer.train_stream = itertools.repeat(train_batch)
+    trainer.val_stream = itertools.repeat(val_batch)
+    return trainer, train_batch, val_batch
+
+
+def _child(cfg: SolverBenchConfig, solver: str) -> dict[str, Any]:
+    import torch
+
+    from bgl.results.provenance import device_description
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    run = from_dict(
-        {
-            "name": f"bench-{solver}",
-            "task": {"name": "enhance", "options": {"width": cfg.lower_width}},
-            "model": {"generator_width": cfg.width},
-            "data": {
-                "crop": cfg.crop,
-                "batch_size": cfg.batch_size,
-                "val_batch_size": cfg.batch_size,
-            },
-            "solver": {"name": solver, "k": cfg.k if solver == "ibgl" else 1, "delta": cfg.delta},
-            "train": {"device": cfg.device, "warm_steps": 0, "steps": 1},
-        }
+    trainer, train_batch, val_batch = fixed_batch_trainer(bench_run_config(cfg, solver))
+    lr = trainer.cfg.optim.lower_lr
+    m = measure_steps(
+        lambda: trainer.bilevel_step(lr), trainer.device, repeats=cfg.repeats, warmup=cfg.warmup
     )
-    data = SyntheticLowLight(2 * cfg.batch_size, size=cfg.crop, seed=0)
-    splits = {"train": data, "val": data, "test": data}
-    trainer = Trainer(run, splits=splits)
-    train_batch, val_batch = next(trainer.train_stream), next(trainer.val_stream)
-    trainer.train_stream = itertools.repeat(train_batch)  # fixed batches: measure the step only
-    trainer.val_stream = itertools.repeat(val_batch)
-    device = trainer.device
-    cuda = device.type == "cuda"
-    lr = run.optim.lower_lr
-
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(device)
-
-    for _ in range(cfg.warmup):  # allocates optimiser state, warms kernels
-        trainer.bilevel_step(lr)
-    sync()
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        before = _rss_bytes("VmRSS")
-    times = []
-    for _ in range(cfg.repeats):
-        start = time.perf_counter()
-        trainer.bilevel_step(lr)
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) if cuda else _rss_bytes("VmHWM")
-    held = _tensor_bytes(trainer, [train_batch, val_batch])
     return {
         "solver": solver,
-        "k": run.solver.k,
-        "time_s": statistics.median(times),
-        "time_s_min": min(times),
-        "peak_bytes": int(peak),
-        "step_peak_bytes": int(peak - before),
-        "tensor_peak_bytes": int(peak - before + held) if not cuda else int(peak),
-        "device": device_description(device),
+        "k": trainer.cfg.solver.k,
+        **m.row(_tensor_bytes(trainer, [train_batch, val_batch])),
+        "device": device_description(trainer.device),
         "threads": torch.get_num_threads(),
     }
 
 
 def _tensor_bytes(trainer: Any, batches: list[dict]) -> int:
+    return held_tensor_bytes(
+        [trainer.upper, trainer.lower], [trainer.upper_opt, trainer.lower_opt], batches
+    )
+
+
+def held_tensor_bytes(modules: list[Any], optimizers: list[Any], batches: list[dict]) -> int:
     """Bytes of the tensors a step keeps alive throughout: weights, optimiser state, batches."""
     import torch
 
-    tensors = [*trainer.upper.state_dict().values(), *trainer.lower.state_dict().values()]
-    for opt in (trainer.upper_opt, trainer.lower_opt):
+    tensors = [t for m in modules for t in m.state_dict().values()]
+    for opt in optimizers:
         for state in opt.state.values():
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
     tensors += [t for b in batches for t in b.values()]

@@ -1,0 +1,73 @@
+"""`bgl bench report` rewrites only the README's marked block, from the newest Parquet rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgl.bench.report import END, START, latest_rows, render, update_readme
+from bgl.results.parquet import write_rows
+
+
+def _scaling_rows(time_one: float) -> list[dict]:
+    base = {
+        "config_solver": "ibgl",
+        "k": 1,
+        "config_batch_size": 2,
+        "config_crop": 128,
+        "config_width": 32,
+        "config_rounds": 2,
+        "load_avg_median": 3.0,
+        "cpu_count": 2,
+        "benchmark": "scaling",
+    }
+    return [
+        {**base, "workers": 1, "threads_per_worker": 2, "time_s": time_one,
+         "samples_per_s": 4 / time_one, "throughput_ratio": 1.0, "scaling_efficiency": 1.0},
+        {**base, "workers": 2, "threads_per_worker": 1, "time_s": 3.0,
+         "samples_per_s": 8 / 3.0, "throughput_ratio": 8 / 3.0 / (4 / time_one),
+         "scaling_efficiency": 0.5},
+    ]  # fmt: skip
+
+
+def _readme(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(
+        f"# x\n\n## Benchmarks\n\nhand-written 1876 ms\n\n{START}\nold\n{END}\n\n## Layout\n"
+    )
+    return path
+
+
+def test_report_rewrites_only_the_marked_block(tmp_path):
+    results = tmp_path / "bench"
+    write_rows(_scaling_rows(9.0), results / "scaling-2026-01-01T000000+0000.parquet")
+    write_rows(_scaling_rows(2.0), results / "scaling-2026-02-01T000000+0000.parquet")
+    readme = _readme(tmp_path)
+    update_readme(readme, results)
+    text = readme.read_text()
+    assert "hand-written 1876 ms" in text and text.endswith(f"{END}\n\n## Layout\n")
+    assert "old" not in text.split(START)[1]
+    assert "| 1 | 2 | 2.00 s |" in text  # the newest file wins
+    assert "Not measured yet" in text and "bgl bench all --device cuda" in text
+    update_readme(readme, results)
+    assert readme.read_text() == text  # idempotent
+    assert [r["time_s"] for r in latest_rows(results, "scaling")][0] == 2.0
+
+
+def test_report_shows_gpu_rows_with_the_gpu_name(tmp_path):
+    row = {
+        "device": "cuda:NVIDIA H100 80GB HBM3",
+        "megapixels": 12.1,
+        "time_s": 2.0,
+        "megapixels_per_s": 6.05,
+        "peak_bytes": 2**30,
+    }
+    write_rows([row], tmp_path / "develop-2026-01-01T000000+0000.parquet")
+    text = render(tmp_path)
+    assert "NVIDIA H100 80GB HBM3" in text and "Not measured yet" not in text
+
+
+def test_report_needs_the_markers(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text("## Benchmarks\n")
+    with pytest.raises(ValueError, match="bench:start"):
+        update_readme(path, tmp_path)
