@@ -264,3 +264,61 @@ def test_bad_arguments_and_losses():
     bad = BilevelProblem(problem.upper, problem.lower, lambda u, lo, b: torch.ones(2), _mse_loss)
     with pytest.raises(ValueError, match="scalar"):
         ibgl_hypergradient(bad, train, val)
+
+
+# --- the shared-F-pass path (BilevelProblem.upper_input) --------------------------------------
+
+
+def _enhance_problem():
+    from bgl.data.synthetic import SyntheticLowLight
+    from bgl.models.generator import build_generator
+    from bgl.tasks.enhance import EnhanceTask
+
+    torch.manual_seed(0)
+    task = EnhanceTask(width=4)
+    upper, lower = build_generator(4).to(DT), task.build_lower().to(DT)
+    data = SyntheticLowLight(4, size=32, seed=0)
+    batches = [
+        {k: torch.stack([data[i][k] for i in idx]).to(DT) for k in ("raw", "rgb")}
+        for idx in ([0, 1], [2, 3])
+    ]
+    problem = BilevelProblem(upper, lower, task.lower_loss, task.upper_loss)
+    return problem, batches[0], batches[1], task.upper_input
+
+
+@pytest.mark.parametrize("solver", ["naive", "tbgl", "ibgl"])
+@pytest.mark.parametrize("case", ["nonlinear", "nonlinear-bn", "enhance"])
+def test_shared_generator_passes_equal_the_direct_computation(solver, case):
+    """With `upper_input`, F's forward/backward is shared and ω's gradient comes from a
+    vector-Jacobian product at F's output; the result must equal the direct computation."""
+    if case == "enhance":
+        problem, train, val, upper_input = _enhance_problem()
+    else:
+        problem, train, val = _nonlinear(batchnorm=case.endswith("bn"))
+        upper_input = lambda batch: batch[0]  # noqa: E731
+    shared = BilevelProblem(
+        problem.upper, problem.lower, problem.lower_loss, problem.upper_loss, upper_input
+    )
+    marker = [torch.full_like(p, 7.0) for p in problem.upper.parameters()]
+    for p, m in zip(problem.upper.parameters(), marker):
+        p.grad = m
+    state = copy.deepcopy((problem.upper.state_dict(), problem.lower.state_dict()))
+    kwargs = {"lower_lr": 0.1, "delta": 1e-3}
+    direct = hypergradient(solver, problem, train, val, **kwargs)
+    fast = hypergradient(solver, shared, train, val, **kwargs)
+    for a, b in zip(direct, fast, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert any(a.abs().sum() > 0 for a in direct)
+    assert all(p.grad is m for p, m in zip(problem.upper.parameters(), marker))  # .grad kept
+    for module, saved in zip((problem.upper, problem.lower), state):
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, saved[key]), key
+
+
+def test_shared_passes_refuse_a_loss_that_calls_f_on_another_input():
+    problem, train, val = _nonlinear()
+    wrong = BilevelProblem(
+        problem.upper, problem.lower, problem.lower_loss, problem.upper_loss, lambda b: b[0] + 0
+    )
+    with pytest.raises(RuntimeError, match="upper_input"):
+        ibgl_hypergradient(wrong, train, val)

@@ -31,16 +31,21 @@ def test_phases_and_history(tiny_config, solver, k):
 
 
 @pytest.mark.parametrize(
-    "solver,k,lower_calls,upper_calls",
+    "solver,k,lower_calls,upper_calls,generator_forwards",
     [
-        ("naive", 1, 1, 1),  # lower step; ∇ω L_F
-        ("tbgl", 1, 4, 2),  # unrolled step, two finite-difference passes, lower step; v, ∇ω L_F
-        ("ibgl", 3, 4, 1),  # k lower steps + one ∇ L_G at the current θ
+        ("naive", 1, 1, 1, 2),  # lower step; ∇ω L_F
+        # unrolled step, two finite-difference passes (one shared F forward), lower step; one
+        # pass for both v and ∇ω L_F
+        ("tbgl", 1, 4, 1, 4),
+        ("ibgl", 3, 4, 1, 5),  # k lower steps + one ∇ L_G at the current θ
     ],
 )
-def test_pass_counts_per_upper_step(tiny_config, solver, k, lower_calls, upper_calls):
+def test_pass_counts_per_upper_step(
+    tiny_config, solver, k, lower_calls, upper_calls, generator_forwards
+):
     trainer = Trainer(tiny_config(solver={"name": solver, "k": k}, train={"warm_steps": 0}))
-    counts = {"lower": 0, "upper": 0}
+    counts = {"lower": 0, "upper": 0, "F": 0}
+    trainer.upper.register_forward_hook(lambda *_: counts.__setitem__("F", counts["F"] + 1))
     lower_loss, upper_loss = trainer.task.lower_loss, trainer.task.upper_loss
 
     def count(name, fn):
@@ -51,12 +56,16 @@ def test_pass_counts_per_upper_step(tiny_config, solver, k, lower_calls, upper_c
         return wrapped
 
     trainer.problem = type(trainer.problem)(
-        trainer.upper, trainer.lower, count("lower", lower_loss), count("upper", upper_loss)
+        trainer.upper,
+        trainer.lower,
+        count("lower", lower_loss),
+        count("upper", upper_loss),
+        upper_input=trainer.task.upper_input,
     )
     trainer.task.lower_loss = count("lower", lower_loss)
     before_upper, before_lower = _params(trainer.upper), _params(trainer.lower)
     trainer.bilevel_step(lower_lr=1e-3)
-    assert counts == {"lower": lower_calls, "upper": upper_calls}
+    assert counts == {"lower": lower_calls, "upper": upper_calls, "F": generator_forwards}
     assert all(not torch.equal(a, b) for a, b in zip(before_upper, trainer.upper.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before_lower, trainer.lower.parameters()))
 

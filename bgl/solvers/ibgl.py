@@ -9,8 +9,10 @@ blocks replaced by outer products of first-order gradients (g_θ = ∇_θ L_G, �
 evaluated at the current θ (after the k lower steps). The coefficient is a detached scalar; eps
 keeps it finite when the lower level is exactly stationary.
 
-Cost: one full pass on each loss. `reduce` is linear, so the ω part is reduced once, after
-combining; the θ parts are reduced before the coefficient is formed.
+Cost: one full pass on each loss. The L_F pass's ω-gradient is formed first; the L_G pass's θ part
+gives the coefficient, and its ω part (F's backward, scaled by −coefficient) is accumulated into
+the first in place, so one ω-sized gradient is alive at a time. `reduce` is linear, so the ω part
+is reduced once, after combining; the θ parts are reduced before the coefficient is formed.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from bgl.solvers.problem import (
     Grads,
     Reduce,
     dot,
-    grads,
     identity_reduce,
+    loss_pass,
+    omega_grads,
     preserved_state,
+    upper_head,
 )
 
 
@@ -40,16 +44,15 @@ def ibgl_hypergradient(
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     reduce = reduce or identity_reduce
-    upper, lower = problem.upper, problem.lower
-    omega, theta = problem.upper_params(), problem.lower_params()
-    n = len(omega)
-    with preserved_state(upper, lower, params=False):
-        g_f = grads(problem.upper_loss(upper, lower, val_batch), omega + theta)
-        f_omega, f_theta = g_f[:n], reduce(g_f[n:])
-        del g_f
-        g_g = grads(problem.lower_loss(upper, lower, train_batch), omega + theta)
-    g_theta = reduce(g_g[n:])
-    coef = (dot(f_theta, g_theta) / (dot(g_theta, g_theta) + eps)).detach()
-    for f, g in zip(f_omega, g_g[:n]):
-        f.sub_(g.mul_(coef))
-    return reduce(f_omega)
+    with preserved_state(problem.upper, problem.lower, params=False):
+        head = upper_head(problem, val_batch)
+        f_theta, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
+        f_theta = reduce(f_theta)
+        hyper = omega_grads(problem, head, cotangent)  # ∇_ω L_F
+        del head, cotangent
+        head = upper_head(problem, train_batch)
+        g_theta, cotangent = loss_pass(problem, problem.lower_loss, train_batch, head)
+        g_theta = reduce(g_theta)
+        coef = (dot(f_theta, g_theta) / (dot(g_theta, g_theta) + eps)).detach()
+        hyper = omega_grads(problem, head, cotangent, scale=-coef, into=hyper)
+    return reduce(hyper)

@@ -1,8 +1,9 @@
 """The bilevel problem and the small autograd utilities every solver shares.
 
 ω are the upper-level parameters (the generative block F), θ the lower-level ones (the task
-network G). Solvers only ever call `torch.autograd.grad`, never `.backward()`, so `.grad` fields
-are never touched; parameter perturbations and BatchNorm statistics are restored on exit.
+network G). Solvers leave `.grad` fields as they found them (`omega_grads` borrows them for an
+in-place accumulation and restores them); parameter perturbations and BatchNorm statistics are
+restored on exit.
 """
 
 from __future__ import annotations
@@ -22,18 +23,109 @@ Grads = list[torch.Tensor]
 
 @dataclass(frozen=True)
 class BilevelProblem:
-    """min_ω L_F(ω, θ*(ω))  s.t.  θ*(ω) = argmin_θ L_G(ω, θ)."""
+    """min_ω L_F(ω, θ*(ω))  s.t.  θ*(ω) = argmin_θ L_G(ω, θ).
+
+    `upper_input` (optional) says where the losses read F's input: set it when each loss depends
+    on ω only through one call `upper(upper_input(batch))` (true of every bgl task, whose losses
+    start from F(raw)). Solvers then run F's forward once per batch and its backward as one
+    vector-Jacobian product with the loss's gradient at F's output: TBGL's two finite-difference
+    passes share one F forward and one F backward, and no pass needs a second ω-sized gradient.
+    Unset, a loss may use `upper` in any way and ω's gradients come from the loss directly.
+    """
 
     upper: nn.Module
     lower: nn.Module
     lower_loss: LossFn
     upper_loss: LossFn
+    upper_input: Callable[[Any], torch.Tensor] | None = None
 
     def upper_params(self) -> list[nn.Parameter]:
         return list(self.upper.parameters())
 
     def lower_params(self) -> list[nn.Parameter]:
         return list(self.lower.parameters())
+
+
+class _Pinned(nn.Module):
+    """Stands in for F inside a loss: returns F's precomputed output for the input it came from."""
+
+    def __init__(self, inp: torch.Tensor, out: torch.Tensor) -> None:
+        super().__init__()
+        self.inp, self.out = inp, out
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        if inp is not self.inp:
+            raise RuntimeError(
+                "a loss called the generative block on something other than "
+                "problem.upper_input(batch); leave BilevelProblem.upper_input unset for it"
+            )
+        return self.out
+
+
+def upper_head(problem: BilevelProblem, batch: Any) -> list[torch.Tensor]:
+    """What ω acts through in a loss on `batch`: [F(upper_input(batch))] (one forward, with a
+    graph through ω unless ω is frozen), or ω itself when the problem has no `upper_input`."""
+    if problem.upper_input is None:
+        return problem.upper_params()
+    return [problem.upper(problem.upper_input(batch))]
+
+
+def loss_pass(
+    problem: BilevelProblem,
+    loss_fn: LossFn,
+    batch: Any,
+    head: list[torch.Tensor],
+    *,
+    theta: bool = True,
+) -> tuple[Grads, Grads]:
+    """(d loss/dθ, d loss/d head) from one evaluation of `loss_fn` on `batch`.
+
+    With `upper_input`, F is not run again: the loss sees F's output `head` as a leaf, so this
+    pass backpropagates through G only (and `head` keeps its graph for `omega_grads`). Without
+    it, the head is ω and its gradient is ∇ω loss. `theta=False` skips d loss/dθ (empty list).
+    """
+    th = problem.lower_params() if theta else []
+    if problem.upper_input is None:
+        g = grads(loss_fn(problem.upper, problem.lower, batch), th + head)
+        return g[: len(th)], g[len(th) :]
+    leaf = head[0].detach().requires_grad_()
+    pinned = _Pinned(problem.upper_input(batch), leaf)
+    g = grads(loss_fn(pinned, problem.lower, batch), th + [leaf])
+    return g[: len(th)], g[len(th) :]
+
+
+def omega_grads(
+    problem: BilevelProblem,
+    head: list[torch.Tensor],
+    cotangent: Grads,
+    *,
+    scale: float | torch.Tensor = 1.0,
+    into: Grads | None = None,
+) -> Grads:
+    """scale · (d head/dω)ᵀ cotangent, added to `into` when given (which is then consumed).
+
+    With `upper_input` this is F's backward pass. Adding into an existing ω-sized list goes
+    through `.grad` accumulation, in place, so two ω-sized lists never exist at once; every
+    parameter's own `.grad` is restored afterwards.
+    """
+    omega = problem.upper_params()
+    if problem.upper_input is None:  # the head is ω: the cotangent is already its gradient
+        if into is None:
+            return [c * scale for c in cotangent]
+        return [i.add_(c * scale) for i, c in zip(into, cotangent, strict=True)]
+    saved = [p.grad for p in omega]
+    try:
+        for i, p in enumerate(omega):
+            p.grad = None if into is None else into[i]
+        if into is not None:
+            into.clear()  # p.grad holds the only reference: accumulation happens in place
+        wanted = [p for p in omega if p.requires_grad]
+        if wanted:
+            torch.autograd.backward(head, [c * scale for c in cotangent], inputs=wanted)
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in omega]
+    finally:
+        for p, g in zip(omega, saved):
+            p.grad = g
 
 
 def identity_reduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

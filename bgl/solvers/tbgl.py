@@ -8,11 +8,13 @@
 The bracket approximates ∇²_{ωθ} L_G · v, the term an exact differentiation through the unrolled
 step would give. Perturbations are applied to θ (not θ') in place and undone on exit.
 
-Memory: ω (the generative block) is the large parameter set, so the passes are ordered to hold
-at most one ω-sized gradient while a pass builds its graph: v comes from a pass with ω frozen
-(no graph through F's weights), then the two finite-difference passes (their difference formed at
-once), then ∇_ω L_F(ω, θ'). `reduce` is linear, so the ω part is reduced once, at the end; the
-θ-sized gradients are reduced before they are used.
+Passes: θ' comes from a pass with ω frozen (F's forward builds no graph); v and ∇_ω L_F(ω, θ')
+from one pass on the validation batch. With `problem.upper_input` set, the two finite-difference
+terms share one F forward on the training batch: G runs at θ ± εv on the same F output, their
+gradients at that output are subtracted, and F's backward runs once on the difference (linearity
+of the vector-Jacobian product), accumulated into ∇_ω L_F in place. Per upper step that is three
+F forwards and two F backwards, with one ω-sized gradient alive. `reduce` is linear, so the ω
+part is reduced once, at the end; the θ-sized gradients are reduced before they are used.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from bgl.solvers.problem import (
     Grads,
     Reduce,
     grad_disabled,
-    grads,
     identity_reduce,
+    loss_pass,
     norm,
+    omega_grads,
     preserved_state,
     set_params,
+    upper_head,
 )
 
 
@@ -50,34 +54,31 @@ def tbgl_hypergradient(
     upper, lower = problem.upper, problem.lower
     omega, theta = problem.upper_params(), problem.lower_params()
 
-    def lower_loss() -> torch.Tensor:
-        return problem.lower_loss(upper, lower, train_batch)
-
-    def upper_loss() -> torch.Tensor:
-        return problem.upper_loss(upper, lower, val_batch)
-
     # only θ is perturbed: restore θ and every buffer, but never copy the large ω
     with preserved_state(upper, params=False), preserved_state(lower):
         theta0 = [p.detach().clone() for p in theta]
         with grad_disabled(omega):
-            g_lower = reduce(grads(lower_loss(), theta))
-            theta_prime = [t - lower_lr * g for t, g in zip(theta0, g_lower)]
+            head = upper_head(problem, train_batch)  # no graph: ω is frozen here
+            g_lower, _ = loss_pass(problem, problem.lower_loss, train_batch, head)
+            theta_prime = [t - lower_lr * g for t, g in zip(theta0, reduce(g_lower))]
             del g_lower
-            set_params(theta, theta_prime)
-            v = reduce(grads(upper_loss(), theta))
+        set_params(theta, theta_prime)
+        head = upper_head(problem, val_batch)
+        v, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
+        v = reduce(v)
+        hyper = omega_grads(problem, head, cotangent)  # ∇_ω L_F(ω, θ')
+        del head, cotangent
         v_norm = norm(v)
+        if lower_lr == 0 or v_norm == 0 or not torch.isfinite(v_norm):
+            return reduce(hyper)  # v = 0 or η = 0: no coupling term
+        eps = delta / v_norm
         with grad_disabled(theta):
-            if lower_lr == 0 or v_norm == 0 or not torch.isfinite(v_norm):
-                return reduce(grads(upper_loss(), omega))  # v = 0 or η = 0: no coupling term
-            eps = delta / v_norm
+            head = upper_head(problem, train_batch)  # shared by both finite-difference passes
             set_params(theta, [t + eps * vi for t, vi in zip(theta0, v)])
-            diff = grads(lower_loss(), omega)
+            _, plus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False)
             set_params(theta, [t - eps * vi for t, vi in zip(theta0, v)])
-            for d, g in zip(diff, grads(lower_loss(), omega)):
-                d.sub_(g)
-            set_params(theta, theta_prime)
-            hyper = grads(upper_loss(), omega)
-        scale = lower_lr / (2 * eps)
-        for h, d in zip(hyper, diff):
-            h.sub_(d.mul_(scale))
+            _, minus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False)
+            diff = [a.sub_(b) for a, b in zip(plus, minus)]
+            del plus, minus
+            hyper = omega_grads(problem, head, diff, scale=-lower_lr / (2 * eps), into=hyper)
         return reduce(hyper)

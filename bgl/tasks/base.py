@@ -58,6 +58,11 @@ class Task(ABC):
     def upper_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """L_F(ω, θ) on a validation batch."""
 
+    def upper_input(self, batch: Batch) -> torch.Tensor:
+        """F's input in a batch. Both bilevel losses must call `upper` once, on this very tensor
+        (the solvers then share F's forward and backward passes; see `BilevelProblem`)."""
+        return batch["raw"]
+
     def warm_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """Objective of the warm-start phase, optimised jointly over ω and θ (default: L_G)."""
         return self.lower_loss(upper, lower, batch)

@@ -90,7 +90,11 @@ class Trainer:
             self.upper.requires_grad_(False)
         self.lower: nn.Module = self.task.build_lower().to(self.device)
         self.problem = BilevelProblem(
-            self.upper, self.lower, self.task.lower_loss, self.task.upper_loss
+            self.upper,
+            self.lower,
+            self.task.lower_loss,
+            self.task.upper_loss,
+            upper_input=self.task.upper_input,
         )
         splits = splits if splits is not None else build_splits(cfg.data)
         d = cfg.data
