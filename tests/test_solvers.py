@@ -16,6 +16,7 @@ from bgl.solvers import (
     naive_hypergradient,
     tbgl_hypergradient,
 )
+from bgl.solvers.problem import upper_head
 
 DT = torch.float64
 
@@ -308,6 +309,11 @@ def test_shared_generator_passes_equal_the_direct_computation(solver, case):
     fast = hypergradient(solver, shared, train, val, **kwargs)
     for a, b in zip(direct, fast, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    if solver == "ibgl":  # F's output on the training batch handed over (as the loop does)
+        head = upper_head(shared, train)
+        reused = ibgl_hypergradient(shared, train, val, train_head=head)
+        for a, b in zip(direct, reused, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     assert any(a.abs().sum() > 0 for a in direct)
     assert all(p.grad is m for p, m in zip(problem.upper.parameters(), marker))  # .grad kept
     for module, saved in zip((problem.upper, problem.lower), state):

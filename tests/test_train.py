@@ -37,7 +37,8 @@ def test_phases_and_history(tiny_config, solver, k):
         # unrolled step, two finite-difference passes (one shared F forward), lower step; one
         # pass for both v and ∇ω L_F
         ("tbgl", 1, 4, 1, 4),
-        ("ibgl", 3, 4, 1, 5),  # k lower steps + one ∇ L_G at the current θ
+        # k lower steps + one ∇ L_G at the current θ, on F's output kept from the last one
+        ("ibgl", 3, 4, 1, 4),
     ],
 )
 def test_pass_counts_per_upper_step(

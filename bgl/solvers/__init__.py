@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from bgl.solvers.ibgl import ibgl_hypergradient
 from bgl.solvers.naive import naive_hypergradient
 from bgl.solvers.problem import BilevelProblem, Grads, LossFn, Reduce, identity_reduce
@@ -39,8 +41,10 @@ def hypergradient(
     delta: float = 0.01,
     eps: float = 1e-12,
     reduce: Reduce | None = None,
+    train_head: list[torch.Tensor] | None = None,
 ) -> Grads:
-    """Dispatch by solver name with one set of keyword arguments (what the training loop uses)."""
+    """Dispatch by solver name with one set of keyword arguments (what the training loop uses).
+    `train_head` (F's output on the training batch, kept by the loop) is used by IBGL only."""
     if solver == "naive":
         return naive_hypergradient(problem, train_batch, val_batch, reduce=reduce)
     if solver == "tbgl":
@@ -48,5 +52,7 @@ def hypergradient(
             problem, train_batch, val_batch, lower_lr=lower_lr, delta=delta, reduce=reduce
         )
     if solver == "ibgl":
-        return ibgl_hypergradient(problem, train_batch, val_batch, eps=eps, reduce=reduce)
+        return ibgl_hypergradient(
+            problem, train_batch, val_batch, eps=eps, reduce=reduce, train_head=train_head
+        )
     raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")

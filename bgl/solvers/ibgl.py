@@ -9,15 +9,18 @@ blocks replaced by outer products of first-order gradients (g_θ = ∇_θ L_G, �
 evaluated at the current θ (after the k lower steps). The coefficient is a detached scalar; eps
 keeps it finite when the lower level is exactly stationary.
 
-Cost: one full pass on each loss. The L_F pass's ω-gradient is formed first; the L_G pass's θ part
-gives the coefficient, and its ω part (F's backward, scaled by −coefficient) is accumulated into
-the first in place, so one ω-sized gradient is alive at a time. `reduce` is linear, so the ω part
+Cost: one full pass on each loss (one F forward fewer when the loop hands over F's output on
+the training batch). ∇_ω L_G is formed first and scaled by −coefficient once the L_F pass gives
+∇_θ L_F; that pass's ω part (F's backward) is then accumulated into it in place, so one ω-sized
+gradient is alive at a time. `reduce` is linear, so the ω part
 is reduced once, after combining; the θ parts are reduced before the coefficient is formed.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from bgl.solvers.problem import (
     BilevelProblem,
@@ -39,20 +42,31 @@ def ibgl_hypergradient(
     *,
     eps: float = 1e-12,
     reduce: Reduce | None = None,
+    train_head: list[torch.Tensor] | None = None,
 ) -> Grads:
-    """Eq. 9 of the paper; one tensor per parameter of `problem.upper`."""
+    """Eq. 9 of the paper; one tensor per parameter of `problem.upper`.
+
+    `train_head`: F's output on `train_batch` at the current ω, with its graph, from an earlier
+    forward (the training loop's last lower step keeps it): saves one F forward. Only for a
+    problem with `upper_input`.
+    """
+    if train_head is not None and problem.upper_input is None:
+        raise ValueError("train_head needs a BilevelProblem with upper_input")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     reduce = reduce or identity_reduce
     with preserved_state(problem.upper, problem.lower, params=False):
-        head = upper_head(problem, val_batch)
-        f_theta, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
-        f_theta = reduce(f_theta)
-        hyper = omega_grads(problem, head, cotangent)  # ∇_ω L_F
-        del head, cotangent
-        head = upper_head(problem, train_batch)
-        g_theta, cotangent = loss_pass(problem, problem.lower_loss, train_batch, head)
+        # L_G first, so a head handed over by the loop's last lower step is freed at once
+        head = train_head if train_head is not None else upper_head(problem, train_batch)
+        _, g_theta, cotangent = loss_pass(problem, problem.lower_loss, train_batch, head)
         g_theta = reduce(g_theta)
+        hyper = omega_grads(problem, head, cotangent)  # ∇_ω L_G, scaled below
+        del head, cotangent, train_head
+        head = upper_head(problem, val_batch)
+        _, f_theta, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
+        f_theta = reduce(f_theta)
         coef = (dot(f_theta, g_theta) / (dot(g_theta, g_theta) + eps)).detach()
-        hyper = omega_grads(problem, head, cotangent, scale=-coef, into=hyper)
+        for h in hyper:
+            h.mul_(-coef)
+        hyper = omega_grads(problem, head, cotangent, into=hyper)  # + ∇_ω L_F
     return reduce(hyper)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -70,6 +70,14 @@ def upper_head(problem: BilevelProblem, batch: Any) -> list[torch.Tensor]:
     return [problem.upper(problem.upper_input(batch))]
 
 
+class LossPass(NamedTuple):
+    """One evaluation of a loss: its value (detached), d loss/dθ, d loss/d head."""
+
+    loss: torch.Tensor
+    theta: Grads
+    head: Grads
+
+
 def loss_pass(
     problem: BilevelProblem,
     loss_fn: LossFn,
@@ -77,21 +85,24 @@ def loss_pass(
     head: list[torch.Tensor],
     *,
     theta: bool = True,
-) -> tuple[Grads, Grads]:
-    """(d loss/dθ, d loss/d head) from one evaluation of `loss_fn` on `batch`.
+    head_grad: bool = True,
+) -> LossPass:
+    """Evaluate `loss_fn` on `batch` once; gradients for θ and the head as asked (else []).
 
     With `upper_input`, F is not run again: the loss sees F's output `head` as a leaf, so this
     pass backpropagates through G only (and `head` keeps its graph for `omega_grads`). Without
-    it, the head is ω and its gradient is ∇ω loss. `theta=False` skips d loss/dθ (empty list).
+    it, the head is ω and its gradient is ∇ω loss.
     """
     th = problem.lower_params() if theta else []
     if problem.upper_input is None:
-        g = grads(loss_fn(problem.upper, problem.lower, batch), th + head)
-        return g[: len(th)], g[len(th) :]
-    leaf = head[0].detach().requires_grad_()
-    pinned = _Pinned(problem.upper_input(batch), leaf)
-    g = grads(loss_fn(pinned, problem.lower, batch), th + [leaf])
-    return g[: len(th)], g[len(th) :]
+        wrt = head if head_grad else []
+        loss = loss_fn(problem.upper, problem.lower, batch)
+    else:
+        leaf = head[0].detach().requires_grad_(head_grad)
+        wrt = [leaf] if head_grad else []
+        loss = loss_fn(_Pinned(problem.upper_input(batch), leaf), problem.lower, batch)
+    g = grads(loss, th + wrt)
+    return LossPass(loss.detach(), g[: len(th)], g[len(th) :])
 
 
 def omega_grads(

@@ -59,12 +59,12 @@ def tbgl_hypergradient(
         theta0 = [p.detach().clone() for p in theta]
         with grad_disabled(omega):
             head = upper_head(problem, train_batch)  # no graph: ω is frozen here
-            g_lower, _ = loss_pass(problem, problem.lower_loss, train_batch, head)
-            theta_prime = [t - lower_lr * g for t, g in zip(theta0, reduce(g_lower))]
-            del g_lower
+            step = loss_pass(problem, problem.lower_loss, train_batch, head, head_grad=False)
+            theta_prime = [t - lower_lr * g for t, g in zip(theta0, reduce(step.theta))]
+            del step
         set_params(theta, theta_prime)
         head = upper_head(problem, val_batch)
-        v, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
+        _, v, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
         v = reduce(v)
         hyper = omega_grads(problem, head, cotangent)  # ∇_ω L_F(ω, θ')
         del head, cotangent
@@ -75,9 +75,9 @@ def tbgl_hypergradient(
         with grad_disabled(theta):
             head = upper_head(problem, train_batch)  # shared by both finite-difference passes
             set_params(theta, [t + eps * vi for t, vi in zip(theta0, v)])
-            _, plus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False)
+            plus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False).head
             set_params(theta, [t - eps * vi for t, vi in zip(theta0, v)])
-            _, minus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False)
+            minus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False).head
             diff = [a.sub_(b) for a, b in zip(plus, minus)]
             del plus, minus
             hyper = omega_grads(problem, head, diff, scale=-lower_lr / (2 * eps), into=hyper)

@@ -38,7 +38,7 @@ from bgl.results.provenance import (
     resolve_device,
 )
 from bgl.solvers import BilevelProblem, Grads, Reduce, hypergradient, identity_reduce
-from bgl.solvers.problem import grad_disabled, grads
+from bgl.solvers.problem import grad_disabled, grads, loss_pass, upper_head
 from bgl.tasks import build_task
 from bgl.train.checkpoint import load_checkpoint, save_checkpoint
 from bgl.train.schedule import build_optimizer, learning_rate, set_lr
@@ -153,16 +153,40 @@ class Trainer:
         _step(self.lower_opt)
         return {"warm_loss": loss.item()}
 
-    def lower_step(self, batch: dict[str, torch.Tensor]) -> float:
-        theta = list(self.lower.parameters())
-        with grad_disabled(list(self.upper.parameters())):
-            loss = self.task.lower_loss(self.upper, self.lower, batch)
-            self._check_finite(loss, "lower loss L_G")
-            _apply(theta, self.reduce(grads(loss, theta)))
-        _step(self.lower_opt)
-        return loss.item()
+    def lower_step(
+        self, batch: dict[str, torch.Tensor], *, keep_head: bool = False
+    ) -> tuple[float, list[torch.Tensor] | None]:
+        """One step of G on L_G; (loss, F's output on the batch with its graph if `keep_head`).
 
-    def upper_step(self, train_batch: dict, val_batch: dict, lower_lr: float) -> float:
+        Without `keep_head`, F's forward builds no graph (ω frozen for the pass). With it, the
+        output is handed to IBGL's hypergradient, which needs F(train batch) at this same ω.
+        """
+        theta = list(self.lower.parameters())
+        if keep_head:
+            head = upper_head(self.problem, batch)
+            out = loss_pass(self.problem, self.task.lower_loss, batch, head, head_grad=False)
+        else:
+            head = None
+            with grad_disabled(list(self.upper.parameters())):
+                out = loss_pass(
+                    self.problem,
+                    self.task.lower_loss,
+                    batch,
+                    upper_head(self.problem, batch),
+                    head_grad=False,
+                )
+        self._check_finite(out.loss, "lower loss L_G")
+        _apply(theta, self.reduce(out.theta))
+        _step(self.lower_opt)
+        return out.loss.item(), head
+
+    def upper_step(
+        self,
+        train_batch: dict,
+        val_batch: dict,
+        lower_lr: float,
+        train_head: list[torch.Tensor] | None = None,
+    ) -> float:
         s = self.cfg.solver
         h = hypergradient(
             s.name,
@@ -173,7 +197,9 @@ class Trainer:
             delta=s.delta,
             eps=s.eps,
             reduce=self.reduce,
+            train_head=train_head,
         )
+        del train_head
         h_norm = torch.stack([g.norm() for g in h]).norm()
         self._check_finite(h_norm, f"{s.name} hypergradient")
         _apply(list(self.upper.parameters()), h)
@@ -184,16 +210,20 @@ class Trainer:
     def bilevel_step(self, lower_lr: float) -> dict[str, float]:
         s = self.cfg.solver
         if self.frozen:  # F fixed: the lower problem alone, one step at a time
-            return {"lower_loss": self.lower_step(next(self.train_stream))}
+            return {"lower_loss": self.lower_step(next(self.train_stream))[0]}
         if s.name == "tbgl":
             train_batch, val_batch = next(self.train_stream), next(self.val_stream)
             h_norm = self.upper_step(train_batch, val_batch, lower_lr)
-            lower = self.lower_step(train_batch)
+            lower, _ = self.lower_step(train_batch)
         else:
-            for _ in range(s.k):
+            head = None
+            for i in range(s.k):
                 train_batch = next(self.train_stream)
-                lower = self.lower_step(train_batch)
-            h_norm = self.upper_step(train_batch, next(self.val_stream), lower_lr)
+                # IBGL reuses F's output on its last training batch (ω is unchanged until then)
+                keep = s.name == "ibgl" and i == s.k - 1
+                lower, head = self.lower_step(train_batch, keep_head=keep)
+            h_norm = self.upper_step(train_batch, next(self.val_stream), lower_lr, head)
+            del head
         return {"lower_loss": lower, "hypergrad_norm": h_norm}
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
