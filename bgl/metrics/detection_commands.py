@@ -13,11 +13,12 @@ inside the handler so `bgl --help` stays fast.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
+from bgl.metrics.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
 
 
 def add_eval_detect_command(eval_subparsers: Any) -> Any:
@@ -28,17 +29,7 @@ def add_eval_detect_command(eval_subparsers: Any) -> Any:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `bgl train`")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="dataset to take the test split from (default: the checkpoint's, e.g. darkface)",
-    )
-    p.add_argument("--data-root", default=None, help="dataset root for datasets read from disk")
-    p.add_argument("--crop", type=int, default=None, help="image side (synthetic data)")
-    p.add_argument("--test-size", type=int, default=None, help="number of test images")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_checkpoint_arguments(p, "darkface")
     p.add_argument(
         "--output-dir",
         default=None,
@@ -65,45 +56,13 @@ def plot_pr_curve(curve: Any, path: Path, title: str) -> Path:
 
 def run_eval_detect(args: argparse.Namespace, console: Console | None = None) -> int:
     """Handler of `bgl eval detect`: load, evaluate the test split, print AP, write the curve."""
-    from rich.progress import track
-
-    from bgl.data.splits import build_splits
-    from bgl.data.stream import sequential_batches
     from bgl.results.parquet import write_rows
-    from bgl.results.provenance import resolve_device
-    from bgl.train.restore import load_trained
 
     console = console or Console()
-    data = {
-        "name": args.data,
-        "root": args.data_root,
-        "crop": args.crop,
-        "test_size": args.test_size,
-        "eval_batch_size": args.batch_size,
-    }
-    # the checkpoint holds G's weights: never reload the backbone file it was started from
-    run = load_trained(
-        args.checkpoint,
-        data=data,
-        expect_task="detect",
-        device=resolve_device(args.device),
-    )
-    cfg = run.cfg
-    test = build_splits(cfg.data)["test"]
-    n_images = len(test)  # type: ignore[arg-type]
-    if n_images == 0:
-        raise ValueError("the test split is empty")
-    batch_size = cfg.data.eval_batch_size
-    batches = sequential_batches(test, batch_size, run.device)
+    run, test = load_for_eval(args, "detect")
+    cfg, n_images = run.cfg, len(test)
     metrics, curve = run.task.evaluate_curve(  # type: ignore[attr-defined]
-        run.upper,
-        run.lower,
-        track(
-            batches,
-            total=math.ceil(n_images / batch_size),
-            description="evaluating",
-            console=console,
-        ),
+        run.upper, run.lower, split_batches(run, test, console)
     )
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent
     table = write_rows(curve.rows(), out_dir / "pr_curve.parquet")

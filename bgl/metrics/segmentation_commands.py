@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+from bgl.metrics.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
 
 
 def add_eval_segment_command(eval_subparsers: Any) -> argparse.ArgumentParser:
@@ -34,16 +35,7 @@ def add_eval_segment_command(eval_subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `bgl train`")
-    p.add_argument(
-        "--data",
-        default=None,
-        help="dataset to take the test split from (default: the checkpoint's, e.g. acdc)",
-    )
-    p.add_argument("--data-root", default=None, help="dataset root for datasets read from disk")
-    p.add_argument("--test-size", type=int, default=None, help="number of test images")
-    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    add_checkpoint_arguments(p, "acdc", crop=False)
     p.add_argument("--json", dest="json_path", default=None, help="also write the row as JSON")
     p.set_defaults(func=run_eval_segment)
     return p
@@ -51,48 +43,15 @@ def add_eval_segment_command(eval_subparsers: Any) -> argparse.ArgumentParser:
 
 def run_eval_segment(args: argparse.Namespace, console: Console | None = None) -> int:
     """Handler of `bgl eval segment`: load, evaluate on the test split, print; exit code."""
-    from rich.progress import track
-
-    from bgl.data.splits import build_splits
-    from bgl.data.stream import sequential_batches
     from bgl.metrics.segmentation import CITYSCAPES_CLASSES, IOU_KEYS, TABLE2_ABBREVIATIONS
-    from bgl.results.provenance import resolve_device
-    from bgl.train.restore import load_trained
 
     if console is None:
         console = Console()
         if not console.is_terminal:  # piped or captured: room for all 21 columns
             console = Console(width=160)
-    data = {
-        "name": args.data,
-        "root": args.data_root,
-        "test_size": args.test_size,
-        "eval_batch_size": args.batch_size,
-    }
-    # the checkpoint holds every weight: do not look for the ImageNet backbone file again
-    run = load_trained(
-        args.checkpoint,
-        data=data,
-        expect_task="segment",
-        device=resolve_device(args.device),
-    )
-    cfg = run.cfg
-    test = build_splits(cfg.data)["test"]
-    n_images = len(test)  # type: ignore[arg-type]
-    if n_images == 0:
-        raise ValueError("the test split is empty")
-    batch_size = cfg.data.eval_batch_size
-    batches = sequential_batches(test, batch_size, run.device)
-    results = run.task.evaluate(
-        run.upper,
-        run.lower,
-        track(
-            batches,
-            total=math.ceil(n_images / batch_size),
-            description="evaluating",
-            console=console,
-        ),
-    )
+    run, test = load_for_eval(args, "segment")
+    cfg, n_images = run.cfg, len(test)
+    results = run.task.evaluate(run.upper, run.lower, split_batches(run, test, console))
 
     title = f"{cfg.name}: {cfg.data.name} test split, {n_images} images (step {run.step})"
     table = Table(title=title, box=box.SIMPLE_HEAD)
