@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -112,9 +111,6 @@ def test_transfer_table_layout_fills_cells_and_says_na():
 
 
 def test_shipped_transfer_study_is_the_papers_design():
-    for module in ("bgl.tasks.detect", "bgl.tasks.segment"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not there yet")
     study = load_study(STUDIES / "transfer.yaml")
     t = study.transfer
     assert [(s.model, s.source_task, s.strategy) for s in t.sources()] == [
@@ -128,8 +124,6 @@ def test_shipped_transfer_study_is_the_papers_design():
 
 def test_a_target_of_another_task_trains_on_the_frozen_source_generator(tmp_path):
     """Stage 2 across tasks, in-process: enhancement's F frozen under segmentation."""
-    if importlib.util.find_spec("bgl.tasks.segment") is None:
-        pytest.skip("bgl.tasks.segment is not there yet")
     from bgl.train.loop import Trainer
 
     tasks = {

@@ -13,6 +13,8 @@ generator seeded from ``(seed, chunk)``. Different seeds give independent (hence
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -143,6 +145,43 @@ def chunk_seed(seed: int, chunk: int) -> int:
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
+def check_synthetic_args(n: int, size: int, seed: int) -> None:
+    """The arguments every procedural dataset shares: a positive count, a side that is a multiple
+    of 32 (the packed input, size/2, must pass four U-Net poolings), a non-negative seed."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer; got {n!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
+        raise ValueError(
+            "size must be a positive multiple of 32 (so the packed input, size/2, is divisible "
+            f"by 16 for a 4-level U-Net); got {size!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+
+
+Render = Callable[[int, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def synthesize_chunks(
+    n: int, seed: int, render: Render, **low_light: Any
+) -> dict[str, torch.Tensor]:
+    """n procedural low-light items: raw, rgb, ratio, plus what `render` returns beside images.
+
+    Scenes are made CHUNK at a time, each chunk from its own seeded generator, so item i does not
+    depend on n; `render(CHUNK, generator)` returns (sRGB images, {key: per-item tensor}) and the
+    images are unprocessed to RAW by `synthesize_low_light(**low_light)`.
+    """
+    parts: dict[str, list[torch.Tensor]] = {}
+    for chunk in range((n + CHUNK - 1) // CHUNK):
+        generator = torch.Generator().manual_seed(chunk_seed(seed, chunk))
+        images, extra = render(CHUNK, generator)
+        pair = synthesize_low_light(images, generator, **low_light)
+        take = min(CHUNK, n - chunk * CHUNK)
+        for key, value in (*pair.items(), *extra.items()):
+            parts.setdefault(key, []).append(value[:take])
+    return {key: torch.cat(values).contiguous() for key, values in parts.items()}
+
+
 class SyntheticLowLight(Dataset):
     """Procedural low-light RAW -> sRGB pairs, all made once at construction and kept in memory.
 
@@ -162,40 +201,23 @@ class SyntheticLowLight(Dataset):
         pattern: str = "RGGB",
         camera_seed: int | None = 0,
     ) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer; got {n!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-            raise ValueError(
-                "size must be a positive multiple of 32 (so the packed input, size/2, is divisible "
-                f"by 16 for a 4-level U-Net); got {size!r}"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        check_synthetic_args(n, size, seed)
         channel_offsets(pattern)  # validates the pattern name
         self.n, self.size, self.seed, self.pattern = n, size, seed, pattern
         self.ratio_range = ratio_range
         self.shot_range = shot_range
         self.camera_seed = camera_seed
 
-        raws, rgbs, ratios = [], [], []
-        for chunk in range((n + CHUNK - 1) // CHUNK):
-            generator = torch.Generator().manual_seed(chunk_seed(seed, chunk))
-            scenes = render_scenes(CHUNK, size, generator)
-            pair = synthesize_low_light(
-                scenes,
-                generator,
-                ratio_range=ratio_range,
-                shot_range=shot_range,
-                pattern=pattern,
-                camera_seed=camera_seed,
-            )
-            take = min(CHUNK, n - chunk * CHUNK)
-            raws.append(pair["raw"][:take])
-            rgbs.append(pair["rgb"][:take])
-            ratios.append(pair["ratio"][:take])
-        self._raw = torch.cat(raws).contiguous()
-        self._rgb = torch.cat(rgbs).contiguous()
-        self._ratio = torch.cat(ratios).contiguous()
+        data = synthesize_chunks(
+            n,
+            seed,
+            lambda count, generator: (render_scenes(count, size, generator), {}),
+            ratio_range=ratio_range,
+            shot_range=shot_range,
+            pattern=pattern,
+            camera_seed=camera_seed,
+        )
+        self._raw, self._rgb, self._ratio = data["raw"], data["rgb"], data["ratio"]
 
     def __len__(self) -> int:
         return self.n

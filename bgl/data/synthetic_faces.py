@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from bgl.data.synthetic import CHUNK, chunk_seed, render_scenes
-from bgl.raw.unprocess import DEFAULT_RATIO_RANGE, DEFAULT_SHOT_RANGE, synthesize_low_light
+from bgl.data.synthetic import check_synthetic_args, render_scenes, synthesize_chunks
+from bgl.raw.unprocess import DEFAULT_RATIO_RANGE, DEFAULT_SHOT_RANGE
 
 __all__ = ["GRID", "SyntheticFaces", "render_faces"]
 
@@ -89,42 +89,30 @@ class SyntheticFaces(Dataset):
         ratio_range: tuple[float, float] = DEFAULT_RATIO_RANGE,
         max_boxes: int = 8,
     ) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer; got {n!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-            raise ValueError(f"size must be a positive multiple of 32; got {size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        check_synthetic_args(n, size, seed)
         if max_boxes < GRID * GRID:
             raise ValueError(f"max_boxes must be at least {GRID * GRID}; got {max_boxes}")
         self.n, self.size, self.seed, self.max_boxes = n, size, seed, max_boxes
         self.camera_seed, self.ratio_range = camera_seed, ratio_range
-        raws, rgbs, ratios, boxes, counts = [], [], [], [], []
-        for chunk in range((n + CHUNK - 1) // CHUNK):
-            generator = torch.Generator().manual_seed(chunk_seed(seed, chunk))
-            images, chunk_boxes, present = render_faces(CHUNK, size, generator)
-            pair = synthesize_low_light(
-                images,
-                generator,
-                ratio_range=ratio_range,
-                shot_range=DEFAULT_SHOT_RANGE,
-                camera_seed=camera_seed,
-            )
-            take = min(CHUNK, n - chunk * CHUNK)
-            raws.append(pair["raw"][:take])
-            rgbs.append(pair["rgb"][:take])
-            ratios.append(pair["ratio"][:take])
-            for i in range(take):
-                padded = torch.full((max_boxes, 4), -1.0)
-                found = chunk_boxes[i][present[i]]
-                padded[: len(found)] = found
-                boxes.append(padded)
-                counts.append(len(found))
-        self._raw = torch.cat(raws).contiguous()
-        self._rgb = torch.cat(rgbs).contiguous()
-        self._ratio = torch.cat(ratios).contiguous()
-        self._boxes = torch.stack(boxes)
-        self._num_boxes = torch.tensor(counts, dtype=torch.int64)
+
+        def render(count: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+            images, boxes, present = render_faces(count, size, generator)
+            padded = torch.full((count, max_boxes, 4), -1.0)
+            counts = present.sum(dim=1)
+            for i in range(count):  # present faces first, in render order
+                padded[i, : int(counts[i])] = boxes[i][present[i]]
+            return images, {"boxes": padded, "num_boxes": counts.to(torch.int64)}
+
+        data = synthesize_chunks(
+            n,
+            seed,
+            render,
+            ratio_range=ratio_range,
+            shot_range=DEFAULT_SHOT_RANGE,
+            camera_seed=camera_seed,
+        )
+        self._raw, self._rgb, self._ratio = data["raw"], data["rgb"], data["ratio"]
+        self._boxes, self._num_boxes = data["boxes"], data["num_boxes"]
 
     def __len__(self) -> int:
         return self.n

@@ -20,9 +20,15 @@ import torch
 from torch.utils.data import Dataset
 
 from bgl.data.acdc import IGNORE_INDEX
-from bgl.data.synthetic import CHUNK, chunk_seed, composite, rand_uniform, smooth_noise
+from bgl.data.synthetic import (
+    check_synthetic_args,
+    composite,
+    rand_uniform,
+    smooth_noise,
+    synthesize_chunks,
+)
 from bgl.raw.bayer import channel_offsets
-from bgl.raw.unprocess import DEFAULT_RATIO_RANGE, DEFAULT_SHOT_RANGE, synthesize_low_light
+from bgl.raw.unprocess import DEFAULT_RATIO_RANGE, DEFAULT_SHOT_RANGE
 
 __all__ = ["STREET_CLASSES", "SyntheticStreet", "render_streets"]
 
@@ -161,30 +167,23 @@ class SyntheticStreet(Dataset):
         shot_range: tuple[float, float] = DEFAULT_SHOT_RANGE,
         pattern: str = "RGGB",
     ) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer; got {n!r}")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 32 or size % 32:
-            raise ValueError(f"size must be a positive multiple of 32; got {size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+        check_synthetic_args(n, size, seed)
         channel_offsets(pattern)  # validates the pattern name
         self.n, self.size, self.seed, self.camera_seed = n, size, seed, camera_seed
-        parts: dict[str, list[torch.Tensor]] = {"raw": [], "rgb": [], "ratio": [], "labels": []}
-        for chunk in range((n + CHUNK - 1) // CHUNK):
-            generator = torch.Generator().manual_seed(chunk_seed(seed, chunk))
-            scenes, labels = render_streets(CHUNK, size, generator)
-            pair = synthesize_low_light(
-                scenes,
-                generator,
-                ratio_range=ratio_range,
-                shot_range=shot_range,
-                pattern=pattern,
-                camera_seed=camera_seed,
-            )
-            take = min(CHUNK, n - chunk * CHUNK)
-            for key, value in (*pair.items(), ("labels", labels)):
-                parts[key].append(value[:take])
-        self._data = {key: torch.cat(values).contiguous() for key, values in parts.items()}
+
+        def render(count: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+            scenes, labels = render_streets(count, size, generator)
+            return scenes, {"labels": labels}
+
+        self._data = synthesize_chunks(
+            n,
+            seed,
+            render,
+            ratio_range=ratio_range,
+            shot_range=shot_range,
+            pattern=pattern,
+            camera_seed=camera_seed,
+        )
 
     def __len__(self) -> int:
         return self.n
