@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from bgl.config import RunConfig, from_dict
 
@@ -73,3 +74,16 @@ def tiny_config(tmp_path):
         return from_dict(tiny_config_dict(tmp_path, **sections))
 
     return make
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread: small-tensor ops are faster that way, and much faster when other
+    processes keep the 2 cores busy (OpenMP threads then wait on each other, up to 100x).
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

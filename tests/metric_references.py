@@ -27,20 +27,6 @@ import numpy as np
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=False)
-def single_thread():
-    """Run a test on one torch thread: the metrics' small-tensor ops are faster that way, and
-    much faster when other processes keep the cores busy (OpenMP threads then wait on each
-    other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 _STUB_NAMES = ("torchvision", "torchvision.models", "torchvision.models.inception")
 
 

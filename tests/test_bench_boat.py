@@ -8,7 +8,6 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from torch import nn
 
 from bgl.bench.boat import (
     BOAT_INSTALL,
@@ -22,7 +21,7 @@ from bgl.bench.boat import (
 )
 from bgl.bench.fidelity import compare
 from bgl.bench.report import _boat
-from bgl.solvers import BilevelProblem
+from tests.bilevel_problems import mlp_problem
 
 try:
     import boat_torch  # noqa: F401
@@ -30,31 +29,12 @@ except ImportError:  # the benchmark must say how to install it; the rest needs 
     boat_torch = None
 requires_boat = pytest.mark.skipif(boat_torch is None, reason=f"install with: {BOAT_INSTALL}")
 
-DT = torch.float64
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-CPU machine a second OpenMP thread only stalls (100x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _loss(upper, lower, batch):
-    z, y = batch
-    return ((lower(upper(z)) - y) ** 2).mean()
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _problem():
-    torch.manual_seed(0)
-    upper = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).to(DT)
-    lower = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).to(DT)
-    g = torch.Generator().manual_seed(1)
-    train = (torch.randn(8, 3, generator=g, dtype=DT), torch.randn(8, 2, generator=g, dtype=DT))
-    val = (torch.randn(6, 3, generator=g, dtype=DT), torch.randn(6, 2, generator=g, dtype=DT))
-    return BilevelProblem(upper, lower, _loss, _loss), train, val
+    return mlp_problem(upper_hidden=6)
 
 
 @requires_boat

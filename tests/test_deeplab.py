@@ -60,13 +60,7 @@ RESNET50_OTHER = {
 RESNET50_PARAMS, RESNET101_PARAMS = 25_557_032, 44_549_160
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:

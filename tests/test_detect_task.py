@@ -21,13 +21,7 @@ from bgl.train.loop import Trainer
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convs on 2 shared cores run ~10x faster single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _detect_config(tiny_config, **sections):

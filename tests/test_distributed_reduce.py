@@ -5,27 +5,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
-from bgl.solvers import BilevelProblem, hypergradient
+from bgl.solvers import hypergradient
 from bgl.train.distributed import allreduce_mean, default_reduce
-
-DT = torch.float64
-
-
-def _loss(upper, lower, batch):
-    z, y = batch
-    return ((lower(upper(z)) - y) ** 2).mean()
+from tests.bilevel_problems import mlp_problem
 
 
 def _problem():
-    torch.manual_seed(0)
-    upper = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
-    lower = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 2)).to(DT)
-    g = torch.Generator().manual_seed(1)
-    train = (torch.randn(8, 3, generator=g, dtype=DT), torch.randn(8, 2, generator=g, dtype=DT))
-    val = (torch.randn(6, 3, generator=g, dtype=DT), torch.randn(6, 2, generator=g, dtype=DT))
-    return BilevelProblem(upper, lower, _loss, _loss), train, val
+    return mlp_problem(upper_hidden=4)
 
 
 def _shard(batch, rank, world):

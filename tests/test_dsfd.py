@@ -27,14 +27,7 @@ from bgl.models.dsfd import (
     multibox_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convs on 2 shared cores run ~10x faster single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _random_boxes(n: int, size: float, generator: torch.Generator) -> torch.Tensor:

@@ -15,11 +15,10 @@ from tests.metric_references import (
     brisque_package_score,
     load_basicsr,
     natural_image,
-    single_thread,
     to_tensor,
 )
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 IMAGES = [("astronaut", (96, 96), (40, 180)), ("chelsea", (64, 80), (100, 150))]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from bgl.metrics.fsim import _conv_same, _downsample, _median, fsim
-from tests.metric_references import import_piq, single_thread
+from tests.metric_references import import_piq
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def smooth(b: int, c: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

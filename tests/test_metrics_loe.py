@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from bgl.metrics.loe import loe, order_flips
-from tests.metric_references import load_basicsr, single_thread
+from tests.metric_references import load_basicsr
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def grey_row(values: list[int]) -> torch.Tensor:

@@ -23,9 +23,9 @@ from bgl.metrics.lpips import (
     lpips_linear_weights_path,
 )
 from bgl.models.backbones import alexnet_features
-from tests.metric_references import lpips_package_model, single_thread
+from tests.metric_references import lpips_package_model
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 TORCHVISION_FEATURE_KEYS = [f"{i}.{p}" for i in (0, 3, 6, 8, 10) for p in ("weight", "bias")]
 SHAPES = {

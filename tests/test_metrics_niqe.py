@@ -10,12 +10,11 @@ from bgl.metrics.niqe import _grey, niqe, pristine_model
 from tests.metric_references import (
     load_basicsr,
     natural_image,
-    single_thread,
     skvideo_niqe,
     to_tensor,
 )
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 CROPS = [("astronaut", (192, 192), (60, 150)), ("coffee", (96, 192), (150, 200))]
 

@@ -17,9 +17,8 @@ from bgl.models.generator import build_generator
 from bgl.tasks import build_task, task_options
 from bgl.tasks.enhance import EnhanceTask
 from tests.conftest import tiny_config_dict
-from tests.metric_references import single_thread
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_registry_lists_the_papers_eight_metrics() -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from bgl.metrics._resize import imresize
-from tests.metric_references import load_basicsr, single_thread
+from tests.metric_references import load_basicsr
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 SHAPES = [(64, 64), (65, 47), (50, 96)]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from bgl.metrics.vif import luma, vif
-from tests.metric_references import import_piq, single_thread
+from tests.metric_references import import_piq
 
-pytestmark = pytest.mark.usefixtures(single_thread.__name__)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def pair(channels: int, size: int = 64, noise: float = 0.08, seed: int = 0):

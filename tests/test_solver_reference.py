@@ -22,13 +22,7 @@ from bgl.solvers.reference import conjugate_gradient, reference_hypergradient
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-CPU machine a second OpenMP thread only stalls (100x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 class Vec(nn.Module):
