@@ -115,4 +115,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     assert (folder / "tune-ext1").is_dir()
     storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
     (summary,) = optuna.get_all_study_summaries(storage)  # one Optuna study ...
-    assert summary.study_name == "tiny" and summary.n_trials == 4  # ... holding all 4 trials
+    assert summary.study_name == "tiny"
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    states = [t.state for t in trials]
+    # ... holding all 4 trials as complete. When the SIGKILL lands after Optuna was asked for a
+    # trial that Tune had not yet checkpointed, that ask is left RUNNING (its driver is gone) and
+    # the restored searcher asks anew: at most one such orphan, never counted as a result.
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert states.count(optuna.trial.TrialState.RUNNING) == len(states) - 4 <= 1
