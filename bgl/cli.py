@@ -156,6 +156,19 @@ def _bench_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_faults(args: argparse.Namespace) -> int:
+    from bgl.bench.faults import print_table, run_faults_bench
+
+    rows = run_faults_bench(
+        repeats=args.repeats,
+        num_samples=args.trials,
+        out_dir=args.output_dir,
+        console=console,
+    )
+    print_table(rows, console)
+    return 0
+
+
 def _bench_all(args: argparse.Namespace) -> int:
     from bgl.bench.boat import BoatMissingError
     from bgl.bench.suite import run_suite
@@ -299,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="auto", help="device of the develop timing")
     b.add_argument("--output-dir", default="results/bench")
     b.set_defaults(func=_bench_scaling)
+    b = bsub.add_parser("faults", help="kill a study's driver at 4 moments, resume; count harm")
+    b.add_argument("--repeats", type=int, default=5, help="kill-and-resume campaigns")
+    b.add_argument("--trials", type=int, default=4, help="trials in each campaign's study")
+    b.add_argument("--output-dir", default="results/bench")
+    b.set_defaults(func=_bench_faults)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
     b.add_argument("--device", default="cpu", help="cpu, or cuda for the paper-size GPU suite")
     b.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
@@ -328,11 +346,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         handlers=[RichHandler(console=console, show_path=False)],
     )
     from bgl.config import ConfigError
+    from bgl.results.parquet import ResultsWriteError
     from bgl.train.local import RunExistsError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, RunExistsError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, RunExistsError, ResultsWriteError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
 

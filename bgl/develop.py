@@ -29,6 +29,7 @@ from torch import nn
 
 from bgl.models.enhance import IlluminationNet
 from bgl.models.generator import MULTIPLE, GenerativeBlock
+from bgl.models.weights import NotACheckpointError, read_torch_file
 
 __all__ = [
     "AUTO_RATIO_TARGET",
@@ -87,12 +88,9 @@ def load_models(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, or pickled objects weights_only refuses
-        raise ValueError(f"{path}: cannot read checkpoint with weights_only=True ({exc})") from None
+    state = read_torch_file(path, "bgl checkpoint")
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a dict of weights, got {type(state).__name__}")
+        raise NotACheckpointError(f"{path}: not a bgl checkpoint (corrupt or another format)")
     config: dict[str, Any] = {}
     lower_state = None
     if "upper" in state:

@@ -146,7 +146,7 @@ def test_weight_file_round_trip(tmp_path, monkeypatch):
     # a pickled module is refused (weights_only=True)
     pickled = tmp_path / "module.pth"
     torch.save(source, pickled)
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match=r"not a state-dict file \(corrupt or another format\)"):
         load_resnet_weights(target, pickled)
     # lookup: explicit path, then $BGL_RESNET50_WEIGHTS, then the hub cache
     assert resnet_weights_path(50, path) == str(path)

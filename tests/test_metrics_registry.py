@@ -173,7 +173,7 @@ def test_eval_command_with_lpips_weights(checkpoint, tmp_path, capsys) -> None:
 def test_eval_command_rejects_non_checkpoints(tmp_path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"weights": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="not a training checkpoint"):
+    with pytest.raises(ValueError, match=r"not a bgl checkpoint \(corrupt or another format\)"):
         run_eval("--checkpoint", str(bad))
     with pytest.raises(FileNotFoundError):
         run_eval("--checkpoint", str(tmp_path / "missing.pt"))

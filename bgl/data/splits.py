@@ -43,6 +43,39 @@ def build_splits(cfg: DataConfig) -> dict[str, Dataset]:
     raise ConfigError(f"data.name: unknown dataset {cfg.name!r}; available: {', '.join(DATASETS)}")
 
 
+def check_layout(cfg: DataConfig) -> None:
+    """Cheaply check that `cfg` names a dataset whose files are where its layout says, without
+    decoding anything; ConfigError names the key and the first missing file or folder.
+    Procedural datasets have nothing to check."""
+    if cfg.name in SYNTHETIC_DATASETS:
+        return
+    if cfg.name not in REAL_DATASETS:
+        raise ConfigError(
+            f"data.name: unknown dataset {cfg.name!r}; available: {', '.join(DATASETS)}"
+        )
+    if not cfg.root:
+        raise ConfigError(f"data.root: dataset {cfg.name!r} needs the folder that holds its files")
+    root = Path(cfg.root)
+    if not root.is_dir():
+        raise ConfigError(f"data.root: {root} does not exist (or is not a folder)")
+    from bgl.data.errors import BadItemLog, DataError
+
+    try:
+        if cfg.name == "sid":
+            from bgl.data.sid import read_sid_list
+
+            for split in SPLITS:  # every listed file exists (first missing one named)
+                read_sid_list(root, split, BadItemLog(skip_bad=cfg.skip_bad))
+        else:
+            acdc = [root / t / "night" / s for t in ("rgb_anon", "gt") for s in ("train", "val")]
+            folders = [root / "image", root / "label"] if cfg.name == "darkface" else acdc
+            for folder in folders:
+                if not folder.is_dir():
+                    raise DataError(folder, f"{cfg.name} folder not found")
+    except DataError as exc:
+        raise ConfigError(f"data.root: {exc}") from None
+
+
 def _synthetic_splits(cfg: DataConfig) -> dict[str, Dataset]:
     """Three independently seeded procedural splits sharing one synthetic camera."""
     module, _, attr = SYNTHETIC_DATASETS[cfg.name].partition(":")

@@ -7,11 +7,34 @@ itself stores them). A missing file is an error that names the file and where it
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
+
+
+class NotACheckpointError(ValueError):
+    """A file handed to bgl that is not what it should be (corrupt, or another format)."""
+
+
+def read_torch_file(
+    path: str | os.PathLike[str],
+    what: str = "bgl checkpoint",
+    map_location: str | torch.device = "cpu",
+) -> Any:
+    """`torch.load(path, weights_only=True)`; a file that fails is reported as
+    "FILE: not a WHAT (corrupt or another format)" -- never with torch's advice to load it with
+    `weights_only=False`, which would run whatever code the file holds."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign pickle, not a torch file ...
+        log.debug("torch.load(%s) failed: %s", path, exc)
+        raise NotACheckpointError(f"{path}: not a {what} (corrupt or another format)") from None
 
 
 def hub_checkpoint_dir() -> Path:
@@ -59,10 +82,7 @@ def load_state_dict_file(path: str | os.PathLike[str], prefix: str = "") -> dict
     only the trunk (no prefix anywhere) is returned as is.
     """
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt, pickled module, or not a torch file: say which file
-        raise ValueError(f"cannot read state dict {path}: {exc}") from exc
+    state = read_torch_file(path, "state-dict file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

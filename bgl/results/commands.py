@@ -154,6 +154,16 @@ def _handles_errors(fn: Handler) -> Handler:
 # -- list -----------------------------------------------------------------------------------
 
 
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 @_handles_errors
 def cmd_list(args: argparse.Namespace) -> int:
     studies = list_studies(args.results_dir)
@@ -164,8 +174,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     table = Table(title=f"studies in {args.results_dir}")
     for name in ("study", "trials", "completed", "diverged", "stopped", "errored"):
         table.add_column(name, justify="left" if name == "study" else "right")
-    for name in ("metric", "best", "best trial", "last modified"):
-        table.add_column(name, justify="right" if name == "best" else "left")
+    for name in ("metric", "best", "best trial", "disk", "last modified"):
+        table.add_column(name, justify="right" if name in ("best", "disk") else "left")
     for s in studies:
         metric = f"{s['metric']} ({s['mode']})" if s["metric"] else "-"
         table.add_row(
@@ -178,6 +188,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             metric,
             _fmt(s["best"], ".4f"),
             s["best_trial"] or "-",
+            human_bytes(s["disk_bytes"]),
             s["last_modified"].strftime("%Y-%m-%d %H:%M:%S"),
         )
     console.print(table)

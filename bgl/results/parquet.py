@@ -33,19 +33,57 @@ def rows_to_table(rows: Sequence[dict[str, Any]]) -> pa.Table:
     return pa.table(arrays)
 
 
+class ResultsWriteError(RuntimeError):
+    """A results folder that cannot be written (read-only, full, gone); names the folder."""
+
+
 def write_table(table: pa.Table, path: str | Path) -> Path:
+    """Write `table` to `path` atomically: the file is whole or absent, never half-written,
+    and an existing file at `path` stays as it was when the write fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         pq.write_table(table, tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; results are for sharing
         os.replace(tmp, path)
+    except OSError as exc:
+        _discard(tmp)
+        reason = exc.strerror or str(exc)
+        raise ResultsWriteError(
+            f"{path.parent}: cannot write results ({reason}); nothing was written there, "
+            "and rows already written are intact"
+        ) from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
         raise
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a small text file atomically (a temporary name, then a rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        _discard(tmp)
+        raise
+    return path
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None:
+        try:
+            Path(tmp).unlink(missing_ok=True)
+        except OSError:  # a read-only folder: nothing could have been created there anyway
+            pass
 
 
 def _umask() -> int:

@@ -22,6 +22,7 @@ import glob
 import json
 import math
 import os
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -95,35 +96,55 @@ def _study_names(root: Path) -> list[str]:
 # -- connections ----------------------------------------------------------------------------
 
 
-def open_study(results_dir: str | Path, study: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with views `trials` and `history` over one study."""
+def open_study(
+    results_dir: str | Path, study: str, *, sealed: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with views `trials` and `history` over one study
+    (`sealed`: tables read in, then no file access at all; see `_seal`)."""
     folder = study_path(results_dir, study)
-    return _connect(folder / TRIALS / "*.parquet", folder / HISTORY / "*.parquet")
+    return _connect(folder / TRIALS / "*.parquet", folder / HISTORY / "*.parquet", sealed)
 
 
-def open_results(results_dir: str | Path) -> duckdb.DuckDBPyConnection:
+def open_results(results_dir: str | Path, *, sealed: bool = False) -> duckdb.DuckDBPyConnection:
     """Views `trials` and `history` spanning every study under `results_dir` (column `study`)."""
     root = _results_root(results_dir)
     if not any(root.glob(f"*/{TRIALS}/*.parquet")):
         raise StudyNotFoundError(f"no study results under {root} (no */{TRIALS}/*.parquet)")
-    return _connect(root / "*" / TRIALS / "*.parquet", root / "*" / HISTORY / "*.parquet")
+    return _connect(
+        root / "*" / TRIALS / "*.parquet", root / "*" / HISTORY / "*.parquet", sealed
+    )
 
 
-def _connect(trials_glob: Path, history_glob: Path) -> duckdb.DuckDBPyConnection:
+def _connect(
+    trials_glob: Path, history_glob: Path, sealed: bool = False
+) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:")
+    relation = "TABLE" if sealed else "VIEW"
     try:
-        _create_view(con, TRIALS, trials_glob)
+        _create_view(con, TRIALS, trials_glob, relation)
         if glob.glob(str(history_glob)):
-            _create_view(con, HISTORY, history_glob)
+            _create_view(con, HISTORY, history_glob, relation)
         else:
-            con.execute(f"CREATE VIEW {HISTORY} AS {_EMPTY_HISTORY}")
+            con.execute(f"CREATE {relation} {HISTORY} AS {_EMPTY_HISTORY}")
+        if sealed:
+            _seal(con)
     except duckdb.Error as exc:
         con.close()
         raise ResultsError(f"cannot read {trials_glob.parent.parent}: {exc}") from exc
     return con
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, name: str, pattern: Path) -> None:
+def _seal(con: duckdb.DuckDBPyConnection) -> None:
+    """No file access from here on (no COPY ... TO, no read_csv('/etc/passwd'), no ATTACH),
+    and the setting locked so SQL cannot switch it back: a user's query reads the tables and
+    nothing else. Exports go through `export`."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def _create_view(
+    con: duckdb.DuckDBPyConnection, name: str, pattern: Path, relation: str = "VIEW"
+) -> None:
     source = f"read_parquet({_literal(str(pattern))}, union_by_name=true, hive_partitioning=false)"
     described = con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
     replace = []
@@ -134,7 +155,7 @@ def _create_view(con: duckdb.DuckDBPyConnection, name: str, pattern: Path) -> No
         elif kind in ("DOUBLE", "FLOAT"):
             replace.append(f"CASE WHEN isnan({ident}) THEN NULL ELSE {ident} END AS {ident}")
     select = f"* REPLACE ({', '.join(replace)})" if replace else "*"
-    con.execute(f"CREATE VIEW {name} AS SELECT {select} FROM {source}")
+    con.execute(f"CREATE {relation} {name} AS SELECT {select} FROM {source}")
 
 
 def quote_ident(name: str) -> str:
@@ -152,9 +173,15 @@ def _literal(text: str) -> str:
 def query(results_dir: str | Path, sql: str, study: str | None = None) -> pa.Table:
     """Run SQL over `trials`/`history` (one study's, or every study's); an Arrow table back.
 
-    A statement that returns nothing (e.g. `SET ...`) gives an empty table.
+    Read-only: the tables are read in first, then the connection is sealed (`_seal`), so the
+    SQL cannot read or write any other file. A statement that returns nothing gives an empty
+    table.
     """
-    con = open_study(results_dir, study) if study else open_results(results_dir)
+    con = (
+        open_study(results_dir, study, sealed=True)
+        if study
+        else open_results(results_dir, sealed=True)
+    )
     try:
         return _run(con, sql)
     finally:
@@ -165,6 +192,11 @@ def _run(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
     try:
         relation = con.sql(sql)
         return relation.to_arrow_table() if relation is not None else pa.table({})
+    except duckdb.PermissionException as exc:
+        raise QueryError(
+            "bgl results query is read-only: it reads the study tables `trials` and `history` "
+            f"and no other file, and writes nothing (export with `bgl results export`): {exc}"
+        ) from exc
     except duckdb.Error as exc:
         raise QueryError(f"SQL failed: {exc}") from exc
 
@@ -347,7 +379,8 @@ def list_studies(results_dir: str | Path) -> list[dict[str, Any]]:
 
     Keys: study, path, trials, completed, diverged, stopped, error (= errored), metric (the
     primary one) and its mode, best and best_trial (completed trials only), last_modified (the
-    newest result file), problem (why the study could not be read, else None).
+    newest result file), disk_bytes (everything under the study folder: rows, Tune and Ray
+    Train checkpoints), problem (why the study could not be read, else None).
     """
     root = _results_root(results_dir)
     out = []
@@ -367,6 +400,7 @@ def list_studies(results_dir: str | Path) -> list[dict[str, Any]]:
             "best": None,
             "best_trial": None,
             "last_modified": datetime.fromtimestamp(mtime),
+            "disk_bytes": disk_usage(folder),
         }
         if any((folder / TRIALS).glob("*.parquet")):
             try:
@@ -388,6 +422,20 @@ def list_studies(results_dir: str | Path) -> list[dict[str, Any]]:
         entry.setdefault("problem", None)
         out.append(entry)
     return out
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes of every regular file under `folder` (links not followed)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:  # removed while walking
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
 
 
 # -- transfer (Table 3) ---------------------------------------------------------------------

@@ -25,6 +25,10 @@ HISTORY = "history"
 #: Tune-config key of a designed (not searched) trial's identity, e.g. a transfer study's
 #: {stage, model, source_task, strategy, target_task}; its fields become columns of the row
 DESIGN_KEY = "transfer"
+#: marks a worker's last report of a run (the run summary)
+FINAL_KEY = "bgl_final"
+#: marks the Tune trial's last report: its row is written from it
+TRIAL_END_KEY = "bgl_trial_end"
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "categorical": None, "constant": None}
 
 
@@ -38,9 +42,9 @@ def trial_row(
     params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Flatten a trial's last result (a worker's final report, or an intermediate one)."""
-    skip = {"history_json", "params_json", "config", "bgl_final"}
+    skip = {"history_json", "params_json", "config", FINAL_KEY, TRIAL_END_KEY, "bgl_replayed"}
     row: dict[str, Any] = {"study": study, "trial_id": trial_id}
-    final = bool(result.get("bgl_final"))
+    final = bool(result.get(FINAL_KEY))
     row["status"] = status or (result.get("status", "completed") if final else "stopped")
     row["error"] = error if error is not None else result.get("error")
     for key, value in result.items():
@@ -96,7 +100,18 @@ def write_trial(
 
 
 def finished_trials(study_dir: Path) -> set[str]:
+    """Ids of the trials that have a row: the study's finished trials."""
     return {p.stem for p in (study_dir / TRIALS).glob("*.parquet")}
+
+
+def has_row(study_dir: Path, trial_id: str) -> bool:
+    return (study_dir / TRIALS / f"{trial_id}.parquet").exists()
+
+
+def read_row(study_dir: Path, trial_id: str) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(study_dir / TRIALS / f"{trial_id}.parquet").to_pylist()[0]
 
 
 def _cast(value: Any, arrow: pa.DataType) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bgl.results.tables import trial_row, write_trial
+from bgl.results.tables import FINAL_KEY, TRIAL_END_KEY, has_row, trial_row, write_trial
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
 
@@ -24,7 +25,13 @@ log = logging.getLogger(__name__)
 
 
 class ParquetResults(Callback):
-    """Writes `trials/<id>.parquet` and `history/<id>.parquet` as soon as a trial ends."""
+    """Writes `trials/<id>.parquet` and `history/<id>.parquet` when a trial's last report comes.
+
+    The row is written on the trial's final report (`TRIAL_END_KEY`), before Tune tells the
+    searcher the trial is complete: a trial finished in the Optuna journal always has its row,
+    whenever the driver is killed. A row, once written, is never written again (a resumed
+    study replays finished trials without touching their files).
+    """
 
     def __init__(self, study: StudyConfig) -> None:
         self.study = study
@@ -34,27 +41,91 @@ class ParquetResults(Callback):
         self.param_types.setdefault("solver.name", "categorical")
         self.param_types.setdefault("task.name", "categorical")
 
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if result.get(TRIAL_END_KEY):
+            self.record(trial.trial_id, result, trial.config)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = dict(trial.last_result or {})
-        history = json.loads(result.get("history_json") or "[]")
-        row = trial_row(self.study_name, trial.trial_id, result, params=self._params(trial))
-        write_trial(self.study_dir, trial.trial_id, row, history, self.param_types)
+        self.record(trial.trial_id, dict(trial.last_result or {}), trial.config)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = _error_text(trial)
-        row = trial_row(
-            self.study_name,
-            trial.trial_id,
-            dict(trial.last_result or {}),
-            status="error",
-            error=error,
-            params=self._params(trial),
-        )
-        write_trial(self.study_dir, trial.trial_id, row, [], self.param_types)
-        log.warning("trial %s failed: %s", trial.trial_id, error.splitlines()[-1] if error else "")
+        error = error_text(trial)
+        if self.record(
+            trial.trial_id, dict(trial.last_result or {}), trial.config, "error", error
+        ):
+            log.warning(
+                "trial %s failed: %s", trial.trial_id, error.splitlines()[-1] if error else ""
+            )
 
-    def _params(self, trial: Any) -> dict[str, Any]:
-        return drop_inapplicable(self.study, dict(trial.config or {}))
+    def record(
+        self,
+        trial_id: str,
+        result: dict[str, Any],
+        config: dict[str, Any] | None,
+        status: str | None = None,
+        error: str | None = None,
+    ) -> bool:
+        """Write the trial's row and history unless it has a row already; True if written."""
+        if has_row(self.study_dir, trial_id):
+            return False
+        history = json.loads(result.get("history_json") or "[]")
+        params = drop_inapplicable(self.study, dict(config or {}))
+        row = trial_row(
+            self.study_name, trial_id, result, status=status, error=error, params=params
+        )
+        write_trial(self.study_dir, trial_id, row, history, self.param_types)
+        return True
+
+
+class PendingWatch(Callback):
+    """Says, once per trial, when a trial has waited `resources.pending_warn_s` to start, and
+    what for (its resources against the cluster's), instead of a silent wait."""
+
+    def __init__(self, study: StudyConfig) -> None:
+        self.after_s = study.resources.pending_warn_s
+        self._since: dict[str, float] = {}
+        self._warned: set[str] = set()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.monotonic()
+        for t in trials:
+            if t.status != "PENDING":
+                self._since.pop(t.trial_id, None)
+                continue
+            since = self._since.setdefault(t.trial_id, now)
+            if now - since >= self.after_s and t.trial_id not in self._warned:
+                self._warned.add(t.trial_id)
+                log.warning(
+                    "trial %s has waited %.0f s to start: it needs %s; the cluster has %s "
+                    "(free: %s). Lower resources.* in the study YAML, or add nodes",
+                    t.trial_id,
+                    now - since,
+                    _demand(t),
+                    _resources(total=True),
+                    _resources(total=False),
+                )
+
+
+def _demand(trial: Any) -> str:
+    try:
+        bundles = trial.placement_group_factory.bundles
+    except Exception:  # noqa: BLE001 - only for the message
+        return "its resources"
+    total: dict[str, float] = {}
+    for bundle in bundles:
+        for key, value in bundle.items():
+            total[key] = total.get(key, 0.0) + value
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(total.items()))
+
+
+def _resources(total: bool) -> str:
+    import ray
+
+    found = ray.cluster_resources() if total else ray.available_resources()
+    keys = [k for k in ("CPU", "GPU") if k in found] or sorted(found)[:4]
+    return ", ".join(f"{k} {found[k]:g}" for k in keys) or "nothing"
 
 
 class LiveTable(Callback):
@@ -92,7 +163,7 @@ class LiveTable(Callback):
             table.add_row(
                 t.trial_id,
                 str(res.get("status", t.status)).lower()
-                if res.get("bgl_final")
+                if res.get(FINAL_KEY)
                 else t.status.lower(),
                 str(cfg.get("solver.name", "")),
                 *[_short(cfg.get(p)) for p in self.params],
@@ -110,7 +181,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def _error_text(trial: Any) -> str:
+def error_text(trial: Any) -> str:
     try:
         error = trial.get_error()
         if error is not None:

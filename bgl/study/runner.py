@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from bgl.config import ConfigError
-from bgl.results.tables import finished_trials
+from bgl.study.journal import driver_lock
+from bgl.study.plan import Plan, read_plan, write_plan
+from bgl.study.preflight import preflight
+from bgl.study.reconcile import reconcile
 from bgl.study.schema import StudyConfig
 
 log = logging.getLogger(__name__)
@@ -51,16 +54,15 @@ def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | No
     return True
 
 
-def build_searcher(study: StudyConfig) -> Any:
+def build_searcher(study: StudyConfig, target: int) -> Any:
+    """The study's searcher: Optuna on the study's journal, `target` trials in all."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-    from ray.tune.search.optuna import OptunaSearch
 
+    from bgl.study.journal import load_trials, open_journal
+    from bgl.study.searcher import StudySearch
     from bgl.study.space import define_by_run
 
-    study.study_dir.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(study.study_dir / "optuna.journal")))
+    storage = open_journal(study.study_dir)
     sampler = (
         optuna.samplers.RandomSampler(seed=study.sampler_seed)
         if study.sampler == "random"
@@ -68,21 +70,24 @@ def build_searcher(study: StudyConfig) -> Any:
     )
     metrics = [o.metric for o in study.objectives]
     modes = [o.mode for o in study.objectives]
-    return OptunaSearch(
+    fresh = not load_trials(storage, study.name)  # initial points were queued at the start
+    return StudySearch(
         space=define_by_run(study),
         metric=metrics if study.multi_objective else metrics[0],
         mode=modes if study.multi_objective else modes[0],
         sampler=sampler,
-        points_to_evaluate=study.initial or None,
+        points_to_evaluate=(study.initial or None) if fresh else None,
         storage=storage,
         study_name=study.name,
+        target=target,
+        max_concurrent=study.resources.max_concurrent_trials,
     )
 
 
 def _callbacks(study: StudyConfig, live: bool) -> list[Any]:
-    from bgl.study.callbacks import LiveTable, ParquetResults
+    from bgl.study.callbacks import LiveTable, ParquetResults, PendingWatch
 
-    callbacks: list[Any] = [ParquetResults(study)]
+    callbacks: list[Any] = [ParquetResults(study), PendingWatch(study)]
     if not study.logging.tensorboard:  # auto loggers are off then: keep Tune's JSON and CSV
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -123,6 +128,7 @@ def run_study(
         )
     if resume and extend:
         raise ConfigError("--resume and --extend: choose one")
+    preflight(study, address)
     if study.transfer is not None:
         if extend:
             raise ConfigError(
@@ -135,38 +141,97 @@ def run_study(
     tune_dir = study.study_dir / TUNE_DIR
     if (resume or extend) and not tune_dir.exists():
         raise ConfigError(f"--{'resume' if resume else 'extend'}: no study at {tune_dir}")
-    if extend:
-        if study.sampler == "grid":
-            raise ConfigError("--extend: a grid study has no sampler to draw more trials from")
-        study.num_samples = extend
-        n = 1
-        while (study.study_dir / f"{TUNE_DIR}-ext{n}").exists():
-            n += 1
-        tune_dir = study.study_dir / f"{TUNE_DIR}-ext{n}"
-    elif not resume and tune_dir.exists():
+    if extend and study.sampler == "grid":
+        raise ConfigError("--extend: a grid study has no sampler to draw more trials from")
+    if not (resume or extend) and tune_dir.exists():
         raise ConfigError(
             f"{study.study_dir} already holds a study: pass --resume to finish it, or remove "
             "the folder (or choose another name with --set name=...) to start again"
         )
-    if resume:
-        done = finished_trials(study.study_dir)
-        log.info("resuming %s: %d trials already written", study.name, len(done))
-    with ray_session(address, dashboard):
-        fit_experiment(
-            study,
-            tune_dir,
-            resume=resume,
-            tune_config=None if resume else _tune_config(study),
-            param_space=None if resume else _param_space(study),
-            live=live,
-        )
+    with driver_lock(study.study_dir), ray_session(address, dashboard, study):
+        if resume:
+            _resume(study, live)
+        elif extend:
+            _extend(study, extend, live)
+        else:
+            target = None if study.sampler == "grid" else study.num_samples
+            write_plan(study.study_dir, Plan(target, [TUNE_DIR]))
+            _fit_new(study, TUNE_DIR, study.num_samples, target, live)
     return study.study_dir
 
 
+def _resume(study: StudyConfig, live: bool) -> None:
+    """Restore the study's last Tune experiment, then run what it could not (see reconcile)."""
+    plan = read_plan(study)
+    last = study.study_dir / plan.experiments[-1]
+    restored = fit_experiment(
+        study, last, resume=True, tune_config=None, param_space=None, live=live
+    )
+    if plan.target is None:  # a grid: Tune's own state is the only design
+        if not restored:
+            raise ConfigError(
+                f"{last}: the grid study's Tune state is unreadable, so its unfinished grid "
+                "points cannot be found; finished rows are kept. Start it again under a new "
+                "--set name=..."
+            )
+        return
+    rec = reconcile(study, last if restored else None)  # None: Tune's state is not used
+    remaining = plan.target - len(rec.rows)
+    if remaining > 0:
+        name = _next_name(study, plan, "resume")
+        log.info("%s: %d trials left to run, in %s", study.name, remaining, name)
+        _fit_new(study, name, remaining, plan.target, live)
+
+
+def _extend(study: StudyConfig, extra: int, live: bool) -> None:
+    """More trials on the same Optuna study (the sampler learns from every earlier trial)."""
+    plan = read_plan(study)
+    rec = reconcile(study, study.study_dir / plan.experiments[-1])
+    if plan.target is not None and len(rec.rows) < plan.target:
+        raise ConfigError(
+            f"--extend: {study.name} has {len(rec.rows)} of its {plan.target} trials; "
+            "finish it with --resume first"
+        )
+    plan.target = len(rec.rows) + extra
+    _fit_new(study, _next_name(study, plan, "ext"), extra, plan.target, live)
+
+
+def _next_name(study: StudyConfig, plan: Plan, kind: str) -> str:
+    n = 1
+    while f"{TUNE_DIR}-{kind}{n}" in plan.experiments or (
+        study.study_dir / f"{TUNE_DIR}-{kind}{n}"
+    ).exists():
+        n += 1
+    name = f"{TUNE_DIR}-{kind}{n}"
+    plan.experiments.append(name)
+    write_plan(study.study_dir, plan)
+    return name
+
+
+def _fit_new(
+    study: StudyConfig, name: str, num_samples: int, target: int | None, live: bool
+) -> None:
+    fit_experiment(
+        study,
+        study.study_dir / name,
+        resume=False,
+        tune_config=_tune_config(study, num_samples, target),
+        param_space=_param_space(study),
+        live=live,
+    )
+
+
 @contextmanager
-def ray_session(address: str | None, dashboard: bool = False) -> Iterator[None]:
-    """Ray attached or started for the block; a local instance started here is shut down."""
+def ray_session(
+    address: str | None, dashboard: bool = False, study: StudyConfig | None = None
+) -> Iterator[None]:
+    """Ray attached or started for the block; a local instance started here is shut down.
+    On a cluster, `study`'s resources are compared with the cluster's (a warning)."""
     started = init_ray(address, dashboard=dashboard)
+    if address and study is not None:
+        from bgl.study.preflight import check_cluster_resources
+
+        check_cluster_resources(study)
     try:
         yield
     finally:
@@ -184,21 +249,31 @@ def fit_experiment(
     tune_config: Any,
     param_space: dict[str, Any] | None,
     live: bool,
-) -> None:
-    """One Tune experiment of the trial function in `tune_dir`: new, or restored (`resume`)."""
+) -> bool:
+    """One Tune experiment of the trial function in `tune_dir`: new, or restored (`resume`,
+    after `reconcile`). False when a restore was impossible (Tune's state unusable)."""
     from ray import tune
 
-    from bgl.study.trial import run_trial
+    from bgl.study.trial import checkpoint_config, run_trial
 
     if not os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") and not study.logging.tensorboard:
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     # experiment state after every step, so a killed driver loses no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # ... which Tune warns about once checkpoints are pruned (checkpoints.keep): it is intended
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's own console output off (verbose=0 is honoured by the classic reporter): the live
     # table and the Parquet tables are the interface
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    replay: dict[str, dict[str, Any]] = {}
+    if resume:
+        rec = reconcile(study, tune_dir)
+        log.info("resuming %s (%s): %s", study.name, tune_dir.name, rec.summary())
+        if not rec.tune_usable:
+            return False
+        replay = rec.replay
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=study), trial_resources(study)
+        tune.with_parameters(run_trial, study=study, replay=replay), trial_resources(study)
     )
     if resume:
         tuner = tune.Tuner.restore(
@@ -219,9 +294,11 @@ def fit_experiment(
                 callbacks=_callbacks(study, live),
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
+                checkpoint_config=checkpoint_config(study, tune),
             ),
         )
     tuner.fit()
+    return True
 
 
 def trial_resources(study: StudyConfig) -> dict[str, float]:
@@ -233,7 +310,7 @@ def trial_resources(study: StudyConfig) -> dict[str, float]:
     return {"cpu": r.trial_cpus}
 
 
-def _tune_config(study: StudyConfig) -> Any:
+def _tune_config(study: StudyConfig, num_samples: int, target: int | None) -> Any:
     from ray import tune
 
     single = None if study.multi_objective else study.objectives[0]
@@ -250,12 +327,13 @@ def _tune_config(study: StudyConfig) -> Any:
         )
     grid = study.sampler == "grid"
     return tune.TuneConfig(
-        search_alg=None if grid else build_searcher(study),
+        search_alg=None if grid else build_searcher(study, target or num_samples),
         scheduler=scheduler,
         metric=single.metric if single and scheduler else None,
         mode=single.mode if single and scheduler else None,
-        num_samples=study.num_samples,
-        max_concurrent_trials=study.resources.max_concurrent_trials,
+        num_samples=num_samples,
+        # a searcher limits concurrency itself (StudySearch: resume-safe)
+        max_concurrent_trials=study.resources.max_concurrent_trials if grid else None,
     )
 
 

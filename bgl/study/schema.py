@@ -20,6 +20,7 @@ search:
     data.batch_size: {value: 4}                      # a constant
   scheduler: {name: asha, grace_period: 2, reduction_factor: 2}   # optional
 resources: {workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent_trials: 1}
+checkpoints: {keep: 1, score: true}   # per trial: the last and the best (by the first objective)
 logging: {tensorboard: true, mlflow: null, wandb: null}
 ```
 Every error names its key (`search.params.optim.upper_lr: low must be < high`).
@@ -88,6 +89,20 @@ class Resources:
     # ray_train: a TorchTrainer per trial (any number of workers); in_trial: one worker trained in
     # the Tune trial process itself, without Ray Train's ~30 s start-up (workers_per_trial = 1)
     launcher: str = "ray_train"
+    # a trial waiting this long for its resources is reported, with what it waits for
+    pending_warn_s: float = 120.0
+
+
+@dataclass
+class Checkpoints:
+    """Which checkpoints each trial keeps (Tune's and Ray Train's CheckpointConfig).
+
+    The default keeps two per trial at most: the last (always kept: a restart resumes from it)
+    and the best by the study's first objective; every other one is deleted as the trial goes.
+    """
+
+    keep: int | None = 1  # best (or, with score false, most recent) checkpoints kept; null: all
+    score: bool = True  # rank by the study's first objective (false: by recency)
 
 
 @dataclass
@@ -112,6 +127,7 @@ class StudyConfig:
     scheduler: SchedulerSpec | None = None
     initial: list[dict[str, Any]] = field(default_factory=list)  # first points, then the sampler
     resources: Resources = field(default_factory=Resources)
+    checkpoints: Checkpoints = field(default_factory=Checkpoints)
     logging: Logging = field(default_factory=Logging)
     source: str | None = None
     transfer: TransferSpec | None = None  # `type: transfer`: the two-stage design, no search
@@ -146,6 +162,7 @@ _TOP = {
     "search",
     "transfer",
     "resources",
+    "checkpoints",
     "logging",
 }
 STUDY_TYPES = ("search", "transfer")
@@ -210,6 +227,11 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
             "resources: workers_per_trial, cpus_per_worker and "
             "max_concurrent_trials must be positive"
         )
+    study.checkpoints = _dataclass(Checkpoints, data.get("checkpoints") or {}, "checkpoints.")
+    if study.checkpoints.keep is not None and study.checkpoints.keep < 1:
+        raise ConfigError("checkpoints.keep: at least 1 (or null to keep every checkpoint)")
+    if r.pending_warn_s <= 0:
+        raise ConfigError("resources.pending_warn_s: must be positive (seconds)")
     study.logging = _dataclass(Logging, data.get("logging") or {}, "logging.")
     _check_paths_exist(study)
     return study

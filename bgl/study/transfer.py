@@ -366,6 +366,7 @@ def run_transfer(
     dashboard: bool = False,
 ) -> Path:
     """Stage 1 then stage 2, each a Tune experiment in the study folder; returns the folder."""
+    from bgl.study.journal import driver_lock
     from bgl.study.runner import ray_session
 
     spec = study.transfer
@@ -384,7 +385,7 @@ def run_transfer(
             log.info("transfer %s: stage %s already finished, skipped", study.name, stage)
     if not pending:
         return study.study_dir
-    with ray_session(address, dashboard):
+    with driver_lock(study.study_dir), ray_session(address, dashboard, study):
         for stage in pending:
             _run_stage(study, spec, stage, resume=resume, live=live)
     return study.study_dir
@@ -417,7 +418,7 @@ def _run_stage(
         )
         space = {"transfer": tune.grid_search([t.identity() for t in trials])}
         tune_dir = stage_dir(study, stage)
-        fit_experiment(
+        restored = fit_experiment(
             shown,
             tune_dir,
             resume=resume and tune_dir.exists(),
@@ -427,6 +428,11 @@ def _run_stage(
             param_space=space,
             live=live,
         )
+        if not restored:
+            raise ConfigError(
+                f"{tune_dir}: the stage's Tune state is unreadable, so its unfinished trials "
+                "cannot be found; finished rows are kept. Start again under a new --set name=..."
+            )
     marker = stage_marker(study, stage)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps([t.key for t in trials]) + "\n")

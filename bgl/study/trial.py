@@ -10,12 +10,18 @@ import json
 import time
 from typing import Any
 
+from bgl.results.tables import FINAL_KEY, TRIAL_END_KEY
+from bgl.study import faults
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
-from bgl.study.worker import EXPORT_KEY, FINAL_KEY, run_and_report, train_loop_per_worker
+from bgl.study.worker import EXPORT_KEY, run_and_report, train_loop_per_worker
 
 
-def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
+def run_trial(
+    config: dict[str, Any], study: StudyConfig, replay: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Train one trial; a trial that already has its row (`replay`, on a resume) only reports
+    the recorded result again, so Tune can close it without training or writing anything."""
     import ray.train
     from ray import tune
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -24,11 +30,15 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
     start = time.perf_counter()
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
+    if replay and trial_id in replay:
+        tune.report(replay[trial_id])
+        return
     params = drop_inapplicable(study, dict(config))
     loop_config = _loop_config(study, params, trial_name=f"{study.name}-{trial_id}")
     r = study.resources
     if r.launcher == "in_trial":
         _train_in_trial(loop_config, params, start)
+        faults.mark("end", loop_config["run"]["name"])
         return
     use_gpu = r.gpus_per_worker > 0
     per_worker = {"CPU": r.cpus_per_worker}
@@ -45,6 +55,7 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
             name=f"train-{trial_id}",
             storage_path=str(study.study_dir / "train"),
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=checkpoint_config(study, ray.train),
             callbacks=[TuneReportCallback()],
         ),
     )
@@ -54,7 +65,23 @@ def run_trial(config: dict[str, Any], study: StudyConfig) -> None:
         raise RuntimeError(f"trial {trial_id}: the workers ended without a final report")
     final["trial_wall_s"] = time.perf_counter() - start
     final["params_json"] = json.dumps(params, default=str)
+    final[TRIAL_END_KEY] = True
     tune.report(final)
+    faults.mark("end", loop_config["run"]["name"])
+
+
+def checkpoint_config(study: StudyConfig, api: Any) -> Any:
+    """The study's `checkpoints` block as `api.CheckpointConfig` (api: ray.tune or ray.train;
+    both always keep the latest checkpoint besides the `keep` best)."""
+    c = study.checkpoints
+    if not c.score:
+        return api.CheckpointConfig(num_to_keep=c.keep)
+    first = study.objectives[0]
+    return api.CheckpointConfig(
+        num_to_keep=c.keep,
+        checkpoint_score_attribute=first.metric,
+        checkpoint_score_order=first.mode,
+    )
 
 
 def _loop_config(study: StudyConfig, params: dict[str, Any], trial_name: str) -> dict[str, Any]:
@@ -79,5 +106,5 @@ def _train_in_trial(loop_config: dict[str, Any], params: dict[str, Any], start: 
     from bgl.train.loop import Trainer
 
     trainer = Trainer(from_dict(loop_config["run"]))
-    extra = {"params_json": json.dumps(params, default=str)}
+    extra = {"params_json": json.dumps(params, default=str), TRIAL_END_KEY: True}
     run_and_report(trainer, loop_config, "tune", extra=extra, started=start)

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from bgl.config import from_dict
+from bgl.results.tables import FINAL_KEY
+from bgl.study import faults
 from bgl.train.checkpoint import CHECKPOINT_NAME
 from bgl.train.loop import Callbacks, DivergedError, Trainer
 
-FINAL_KEY = "bgl_final"  # marks the last report of a trial (the run summary)
 EXPORT_KEY = "export_checkpoint"  # loop config: where a completed run saves its checkpoint
 
 
@@ -62,6 +63,8 @@ class _RayReporter(Callbacks):
             "peak_memory_mib": peak_memory_bytes(trainer.device) / 2**20,
         }
         report_with_checkpoint(trainer, row, self.api)
+        if trainer.rank == 0:
+            faults.mark("report", trainer.cfg.name)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -94,6 +97,8 @@ def run_and_report(
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             trainer.resume(Path(folder) / CHECKPOINT_NAME)
+    if trainer.rank == 0:
+        faults.mark("start", trainer.cfg.name)
     try:
         summary = trainer.fit(callbacks=_RayReporter(api))
     except DivergedError as exc:

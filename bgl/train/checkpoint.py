@@ -13,7 +13,11 @@ from typing import Any
 
 import torch
 
+from bgl.models.weights import NotACheckpointError, read_torch_file
+
 CHECKPOINT_NAME = "checkpoint.pt"
+#: keys every training checkpoint holds (Trainer.state_dict)
+CHECKPOINT_KEYS = frozenset({"step", "upper", "lower", "config"})
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -34,7 +38,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # corrupt or foreign file: say which
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    state = read_torch_file(path, "bgl checkpoint", map_location)
+    if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
+        raise NotACheckpointError(f"{path}: not a bgl checkpoint (corrupt or another format)")
+    return state

@@ -392,8 +392,6 @@ def load_generator(upper: nn.Module, model: ModelConfig) -> None:
         state = load_checkpoint(path)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"model.generator_checkpoint: {exc}") from None
-    if "upper" not in state:
-        raise ValueError(f"model.generator_checkpoint: {path} is not a training checkpoint")
     width = (state.get("config") or {}).get("model", {}).get("generator_width")
     if width is not None and width != model.generator_width:
         raise ValueError(

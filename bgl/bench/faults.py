@@ -1,0 +1,304 @@
+"""`bgl bench faults`: kill a study's driver at four moments of its life, resume after each.
+
+One campaign = one tiny study (`num_samples` trials, one at a time, trained in the trial
+process) whose driver is SIGKILLed, with its whole process group, at four points pinned by the
+trials' fault markers (`bgl.study.faults`), never by sleeps:
+
+1. before the first trial ends (its first evaluation was reported);
+2. right after a trial's last report (its row is written; Optuna has not been told);
+3. between trials (the next trial has just started);
+4. during the last trial;
+
+then resumed to the end. Counted per campaign: kills injected, resumes, crashes (a resume that
+exited non-zero or ended before its kill point), trials trained to the end twice, rows lost
+(the study short of `num_samples` rows, or a row that vanished), rows rewritten (mtime or
+content changed), and the Optuna journal against the rows (finished trials, trials left RUNNING).
+Rows go to Parquet and a table is printed; nothing is asserted here (the tests do).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from bgl.study.faults import FAULT_DIR_ENV, FAULT_HOLD_ENV, occurrences
+
+KILL_POINTS = ("first_trial_running", "after_last_report", "between_trials", "last_trial_running")
+
+#: the smallest study that exercises every kill point (seconds per trial on 2 CPUs)
+TINY_BASE: dict[str, Any] = {
+    "task": {"name": "enhance", "options": {"width": 4}},
+    "model": {"generator_width": 4},
+    "data": {"train_size": 8, "val_size": 4, "test_size": 4, "crop": 32, "batch_size": 2,
+             "val_batch_size": 2, "eval_batch_size": 4},
+    "optim": {"optimizer": "sgd"},
+    "train": {"warm_steps": 2, "steps": 2, "eval_every": 2, "log_every": 1,
+              "checkpoint_every": 2, "device": "cpu"},
+}  # fmt: skip
+
+
+def fault_study(folder: Path, name: str = "faults", num_samples: int = 4) -> Path:
+    """Write a tiny random-search study YAML into `folder`; returns its path."""
+    study = {
+        "name": name,
+        "output_dir": str(folder / "results"),
+        "base": TINY_BASE,
+        "search": {
+            "metric": "psnr",
+            "mode": "max",
+            "num_samples": num_samples,
+            "sampler": "random",
+            "solvers": ["naive", "ibgl"],
+            "params": {"solver.k": {"type": "int", "low": 1, "high": 2}},
+        },
+        "resources": {"max_concurrent_trials": 1, "launcher": "in_trial"},
+        "logging": {"tensorboard": False},
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@dataclass
+class Campaign:
+    """What one kill-and-resume campaign saw."""
+
+    kills: int = 0
+    resumes: int = 0
+    crashes: int = 0
+    trials_run_twice: int = 0
+    rows_lost: int = 0
+    rows_rewritten: int = 0
+    rows: int = 0
+    optuna_finished: int = 0
+    optuna_running: int = 0
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Driver:
+    """Starts `bgl study run` as its own process group and kills it at a fault marker."""
+
+    def __init__(self, study_yaml: Path, study_dir: Path, fault_dir: Path, log: Path) -> None:
+        self.study_yaml, self.study_dir, self.fault_dir, self.log = (
+            study_yaml,
+            study_dir,
+            fault_dir,
+            log,
+        )
+
+    def rows(self) -> dict[str, tuple[int, bytes]]:
+        """Each row file's mtime and content."""
+        return {
+            p.name: (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted((self.study_dir / "trials").glob("*.parquet"))
+        }
+
+    def run(
+        self, *, resume: bool, hold: str | None = None, rows_at_least: int = 0,
+        timeout: float = 600.0,
+    ) -> int | None:  # fmt: skip
+        """Run the driver; with `hold` ("event:n"), SIGKILL its process group once that fault
+        point is reached (and `rows_at_least` rows exist) and return None; else its exit code.
+        A driver that exits before its kill point returns its exit code."""
+        cmd = [sys.executable, "-m", "bgl.cli", "study", "run", str(self.study_yaml), "--no-live"]
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{FAULT_DIR_ENV: str(self.fault_dir)})
+        env.pop(FAULT_HOLD_ENV, None)
+        if hold:
+            env[FAULT_HOLD_ENV] = hold
+        with open(self.log, "ab") as log:
+            proc = subprocess.Popen(
+                cmd + (["--resume"] if resume else []),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            deadline = time.monotonic() + timeout
+            marker = self.fault_dir / f"hold.{hold.replace(':', '.')}" if hold else None
+            while proc.poll() is None:
+                reached = marker is not None and marker.exists()
+                if reached and len(self.rows()) >= rows_at_least:
+                    kill_group(proc)
+                    return None
+                if time.monotonic() > deadline:
+                    kill_group(proc)
+                    raise TimeoutError(f"study driver still running after {timeout:.0f} s")
+                time.sleep(0.05)
+            return proc.returncode
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's process group (the driver, its local Ray and the trials)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def hold_point(point: str, fault_dir: Path, rows: int, num_samples: int) -> tuple[str, int]:
+    """The fault marker ("event:n") that pins `point`, and the rows that must exist by then."""
+    count = lambda event: occurrences(fault_dir, event)  # noqa: E731
+    if point == "first_trial_running":
+        return f"report:{count('report') + 1}", 0
+    if point == "after_last_report":
+        return f"end:{count('end') + 1}", rows + 1
+    if point == "between_trials":
+        return f"start:{count('start') + 1}", 0
+    if point == "last_trial_running":  # one at a time: each remaining trial starts once
+        return f"start:{count('start') + num_samples - rows}", 0
+    raise ValueError(f"unknown kill point {point!r}; one of {', '.join(KILL_POINTS)}")
+
+
+def corrupt_state(experiment: Path, study_dir: Path) -> None:
+    """What a driver killed while Tune copied its state can leave: the newest experiment
+    state and searcher state half-written, and Optuna's journal lock left behind."""
+    for pattern in ("experiment_state-*.json", "searcher-state-*.pkl"):
+        files = sorted(experiment.glob(pattern), key=lambda p: p.stat().st_mtime)
+        if files:
+            data = files[-1].read_bytes()
+            files[-1].write_bytes(data[: len(data) // 2])
+    lock = study_dir / "optuna.journal.lock"
+    if not lock.exists():
+        lock.symlink_to(study_dir / "optuna.journal")
+
+
+def run_campaign(
+    folder: Path, num_samples: int = 4, timeout: float = 600.0, corrupt_after: str | None = None
+) -> Campaign:
+    """One study, killed at every point of `KILL_POINTS` in turn, then resumed to the end;
+    `corrupt_after` (a kill point) also damages the state files the kill there left."""
+    from bgl.study.schema import load_study
+
+    start = time.perf_counter()
+    study_yaml = fault_study(folder, num_samples=num_samples)
+    study_dir = load_study(study_yaml).study_dir
+    fault_dir = folder / "markers"
+    driver = Driver(study_yaml, study_dir, fault_dir, folder / "driver.log")
+    out = Campaign()
+    seen: dict[str, tuple[int, bytes]] = {}
+
+    def check_rows() -> None:
+        now = driver.rows()
+        for name, (mtime, content) in seen.items():
+            if name not in now:
+                out.rows_lost += 1
+                out.notes.append(f"row {name} vanished")
+            elif now[name] != (mtime, content):
+                out.rows_rewritten += 1
+                out.notes.append(f"row {name} rewritten")
+        seen.update({k: v for k, v in now.items() if k not in seen})
+
+    for i, point in enumerate(KILL_POINTS):
+        hold, rows_at_least = hold_point(point, fault_dir, len(seen), num_samples)
+        rc = driver.run(resume=i > 0, hold=hold, rows_at_least=rows_at_least, timeout=timeout)
+        out.resumes += i > 0
+        if rc is None:
+            out.kills += 1
+        else:
+            out.crashes += rc != 0 or len(driver.rows()) < num_samples
+            out.notes.append(f"{point}: the driver exited ({rc}) before the kill point")
+        check_rows()
+        if point == corrupt_after:
+            corrupt_state(_last_experiment(study_dir), study_dir)
+    rc = driver.run(resume=True, timeout=timeout)
+    out.resumes += 1
+    out.crashes += rc != 0
+    if rc != 0:
+        out.notes.append(f"final resume exited {rc}")
+    check_rows()
+    out.rows = len(seen)
+    out.rows_lost += max(0, num_samples - out.rows)
+    ends: dict[str, int] = {}
+    for p in fault_dir.glob("end.*"):
+        run_name = p.name.split(".", 2)[2]
+        ends[run_name] = ends.get(run_name, 0) + 1
+    out.trials_run_twice = sum(n > 1 for n in ends.values())
+    out.optuna_finished, out.optuna_running = _journal_counts(study_dir, "faults")
+    out.wall_s = time.perf_counter() - start
+    return out
+
+
+def _last_experiment(study_dir: Path) -> Path:
+    import json
+
+    from bgl.study.plan import PLAN
+
+    return study_dir / json.loads((study_dir / PLAN).read_text())["experiments"][-1]
+
+
+def _journal_counts(study_dir: Path, name: str) -> tuple[int, int]:
+    from optuna.trial import TrialState
+
+    from bgl.study.journal import load_trials, open_journal
+
+    trials = load_trials(open_journal(study_dir), name)
+    finished = sum(t.state.is_finished() for t in trials)
+    return finished, sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def run_faults_bench(
+    repeats: int = 5,
+    num_samples: int = 4,
+    out_dir: str | Path = "results/bench",
+    console: Console | None = None,
+    work_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """`repeats` campaigns; one Parquet row each (`<out_dir>/faults/<timestamp>.parquet`)."""
+    from bgl.results.parquet import write_rows
+    from bgl.results.provenance import git_commit
+
+    console = console or Console()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bgl-faults-", dir=work_dir) as tmp:
+        for r in range(repeats):
+            folder = Path(tmp) / f"campaign{r}"
+            folder.mkdir()
+            corrupt = KILL_POINTS[2] if r % 2 else None  # every other campaign
+            c = run_campaign(folder, num_samples=num_samples, corrupt_after=corrupt)
+            row = {"bench": "faults", "campaign": r, "num_samples": num_samples, **asdict(c)}
+            row["state_corrupted"] = corrupt is not None
+            row["notes"] = "; ".join(c.notes)
+            row["git_commit"] = git_commit()
+            rows.append(row)
+            console.log(
+                f"campaign {r + 1}/{repeats}: {c.kills} kills, {c.crashes} crashes, "
+                f"{c.trials_run_twice} run twice, {c.rows_lost} rows lost ({c.wall_s:.0f} s)"
+            )
+    write_rows(rows, Path(out_dir) / "faults" / f"{stamp}.parquet")
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="kill and resume (bgl bench faults)")
+    cols = ("kills", "resumes", "crashes", "trials_run_twice", "rows_lost", "rows_rewritten")
+    table.add_column("campaign", justify="right")
+    table.add_column("state corrupted", justify="right")
+    for col in (*cols, "optuna = rows"):
+        table.add_column(col.replace("_", " "), justify="right")
+    for row in rows:
+        match = row["optuna_finished"] == row["rows"] and row["optuna_running"] == 0
+        table.add_row(
+            str(row["campaign"]),
+            "yes" if row["state_corrupted"] else "no",
+            *(str(row[c]) for c in cols),
+            "yes" if match else "no",
+        )
+    totals = [str(sum(r[c] for r in rows)) for c in cols]
+    ok = sum(r["optuna_finished"] == r["rows"] and r["optuna_running"] == 0 for r in rows)
+    table.add_row("all", "", *totals, f"{ok}/{len(rows)}")
+    console.print(table)

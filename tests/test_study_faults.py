@@ -1,0 +1,144 @@
+"""Whatever is killed, `--resume` finishes the study: real Ray, real Optuna journals, SIGKILL.
+
+Kill points come from the fault markers the trials write (`bgl.study.faults`), never from
+sleeps: the driver is killed while a trial holds at a marker, so each kill lands at the same
+moment of the study's life on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from bgl.bench.faults import KILL_POINTS, Driver, corrupt_state, fault_study, hold_point
+from bgl.cli import main
+from bgl.study.faults import FAULT_DIR_ENV, FAULT_HOLD_ENV
+from bgl.study.journal import TUNE_TRIAL_ATTR, open_journal
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(study_dir: Path) -> dict[str, dict]:
+    return {
+        p.stem: pq.read_table(p).to_pylist()[0] for p in (study_dir / "trials").glob("*.parquet")
+    }
+
+
+def _files(study_dir: Path) -> dict[str, tuple[int, bytes]]:
+    return {
+        p.name: (p.stat().st_mtime_ns, p.read_bytes())
+        for p in (study_dir / "trials").glob("*.parquet")
+    }
+
+
+def _optuna_trials(study_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_journal(study_dir)).trials
+
+
+def test_driver_killed_at_four_moments_resumes_to_the_end(tmp_path):
+    n = 3
+    study_yaml = fault_study(tmp_path, num_samples=n)
+    study_dir = tmp_path / "results" / "faults"
+    markers = tmp_path / "markers"
+    driver = Driver(study_yaml, study_dir, markers, tmp_path / "driver.log")
+    first_seen: dict[str, tuple[int, bytes]] = {}
+    for i, point in enumerate(KILL_POINTS):
+        hold, rows_at_least = hold_point(point, markers, len(_files(study_dir)), n)
+        rc = driver.run(resume=i > 0, hold=hold, rows_at_least=rows_at_least, timeout=300)
+        log = (tmp_path / "driver.log").read_text()
+        assert rc is None, f"{point}: the driver exited ({rc}) before its kill point:\n{log}"
+        now = _files(study_dir)
+        for name, seen in first_seen.items():  # rows are never rewritten, nor lost
+            assert now[name] == seen, f"{point}: {name} was rewritten"
+        first_seen.update({k: v for k, v in now.items() if k not in first_seen})
+        if point == "between_trials":  # and a half-copied Tune state, a stale journal lock
+            corrupt_state(study_dir / "tune", study_dir)
+    assert len(first_seen) == n - 1  # all but the last trial, killed while it ran
+    assert driver.run(resume=True, timeout=300) == 0, (tmp_path / "driver.log").read_text()
+
+    rows = _rows(study_dir)
+    assert len(rows) == n and {r["status"] for r in rows.values()} == {"completed"}
+    for name, seen in first_seen.items():
+        assert _files(study_dir)[name] == seen
+    # every trial trained to its end exactly once; the first resumed from its checkpoint
+    ends = Counter(p.name.split(".", 2)[2] for p in markers.glob("end.*"))
+    assert sorted(ends.values()) == [1] * n
+    for trial_id in rows:
+        history = pq.read_table(study_dir / "history" / f"{trial_id}.parquet").to_pylist()
+        keys = [(h["step"], h["kind"]) for h in history]
+        assert len(keys) == len(set(keys)), f"{trial_id}: duplicated history steps"
+        assert {h["step"] for h in history if h["kind"] == "eval"} == {0, 2, 4}
+    # Optuna holds exactly the study's trials, each finished, each the trial of one row
+    trials = _optuna_trials(study_dir, "faults")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n
+    assert {t.user_attrs[TUNE_TRIAL_ATTR] for t in trials} == set(rows)
+    assert not (study_dir / "optuna.journal.lock").exists()
+    # the Tune state was unusable after the third kill: the rest ran in a new experiment
+    plan = json.loads((study_dir / "plan.json").read_text())
+    assert plan == {"target": n, "experiments": ["tune", "tune-resume1"]}
+
+    # extending the finished study: more trials on the same Optuna study, into the same tables
+    assert main(["study", "run", str(study_yaml), "--extend", "1", "--no-live"]) == 0
+    assert len(_rows(study_dir)) == n + 1 and (study_dir / "tune-ext1").is_dir()
+    trials = _optuna_trials(study_dir, "faults")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * (n + 1)
+    for name, seen in first_seen.items():
+        assert _files(study_dir)[name] == seen
+
+
+def _wait_for(path: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _kill_process_at(markers: Path, hold: str) -> None:
+    """Wait for the process holding at `hold`, then SIGKILL that process alone."""
+    marker = markers / f"hold.{hold.replace(':', '.')}"
+    _wait_for(marker)
+    while not marker.read_text():  # written right after creation
+        time.sleep(0.01)
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("launcher", ["ray_train", "in_trial"])
+def test_a_killed_worker_restarts_from_its_checkpoint(tmp_path, monkeypatch, launcher):
+    """ray_train: one of two Ray Train workers dies mid-trial (FailureConfig restarts the
+    group); in_trial: the trial process dies (Tune retries it). Either way the trial resumes
+    from its last checkpoint and its history has every step once."""
+    import threading
+
+    study_yaml = fault_study(tmp_path, name="workers", num_samples=1)
+    data = yaml.safe_load(study_yaml.read_text())
+    data["resources"] |= {"launcher": launcher, "max_failures": 1}
+    if launcher == "ray_train":
+        data["resources"] |= {"workers_per_trial": 2, "cpus_per_worker": 0.5}
+    study_yaml.write_text(yaml.safe_dump(data))
+    markers = tmp_path / "markers"
+    monkeypatch.setenv(FAULT_DIR_ENV, str(markers))
+    monkeypatch.setenv(FAULT_HOLD_ENV, "report:1")  # rank 0, after its first checkpoint
+    killer = threading.Thread(target=_kill_process_at, args=(markers, "report:1"), daemon=True)
+    killer.start()
+    assert main(["study", "run", str(study_yaml), "--no-live"]) == 0
+    killer.join(timeout=1)
+    study_dir = tmp_path / "results" / "workers"
+    (row,) = _rows(study_dir).values()
+    assert row["status"] == "completed"
+    starts = sorted(markers.glob("start.*"))
+    assert len(starts) == 2  # started, killed, restarted
+    history = pq.read_table(study_dir / "history" / f"{row['trial_id']}.parquet").to_pylist()
+    keys = [(h["step"], h["kind"]) for h in history]
+    assert len(keys) == len(set(keys))
+    assert {h["step"] for h in history if h["kind"] == "eval"} == {0, 2, 4}
+    assert {h["step"] for h in history if h["kind"] == "train"} == {1, 2, 3, 4}
