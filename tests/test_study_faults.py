@@ -142,3 +142,8 @@ def test_a_killed_worker_restarts_from_its_checkpoint(tmp_path, monkeypatch, lau
     assert len(keys) == len(set(keys))
     assert {h["step"] for h in history if h["kind"] == "eval"} == {0, 2, 4}
     assert {h["step"] for h in history if h["kind"] == "train"} == {1, 2, 3, 4}
+    # four checkpoints were reported (three evaluations and the summary); the default
+    # `checkpoints: {keep: 1, score: true}` keeps the best and the last
+    found = [*study_dir.glob("tune/*/checkpoint_*"), *study_dir.glob("train/*/checkpoint_*")]
+    kept = [p for p in found if p.is_dir()]
+    assert 1 <= len(kept) <= 2, kept

@@ -166,11 +166,11 @@ def hold_point(point: str, fault_dir: Path, rows: int, num_samples: int) -> tupl
 def corrupt_state(experiment: Path, study_dir: Path) -> None:
     """What a driver killed while Tune copied its state can leave: the newest experiment
     state and searcher state half-written, and Optuna's journal lock left behind."""
-    for pattern in ("experiment_state-*.json", "searcher-state-*.pkl"):
-        files = sorted(experiment.glob(pattern), key=lambda p: p.stat().st_mtime)
-        if files:
-            data = files[-1].read_bytes()
-            files[-1].write_bytes(data[: len(data) // 2])
+    newest = max(experiment.glob("experiment_state-*.json"), default=None)  # Tune's choice
+    for path in [newest, *experiment.glob("searcher-state-*.pkl")]:
+        if path is not None:
+            data = path.read_bytes()
+            path.write_bytes(data[: len(data) // 2])
     lock = study_dir / "optuna.journal.lock"
     if not lock.exists():
         lock.symlink_to(study_dir / "optuna.journal")

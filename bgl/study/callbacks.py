@@ -123,6 +123,8 @@ def _demand(trial: Any) -> str:
 def _resources(total: bool) -> str:
     import ray
 
+    if not ray.is_initialized():
+        return "unknown"
     found = ray.cluster_resources() if total else ray.available_resources()
     keys = [k for k in ("CPU", "GPU") if k in found] or sorted(found)[:4]
     return ", ".join(f"{k} {found[k]:g}" for k in keys) or "nothing"
