@@ -168,7 +168,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Build and validate a RunConfig; unknown keys and wrong types name their path."""
-    return _build(RunConfig, data, "")
+    return build_dataclass(RunConfig, data, "")
 
 
 def read_yaml(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -214,26 +214,67 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
+    """`cls` (a dataclass) from a mapping, every value checked against its type hint; the one
+    typed-config parser (run configs, and the blocks of a study YAML). Errors name the key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = prefix.rstrip(".") or "top level"
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]!s} ({where} accepts: {', '.join(sorted(names))})"
-        )
+    reject_unknown(data, {f.name for f in dataclasses.fields(cls)}, prefix)
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
         path = f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, path + ".")
+            kwargs[name] = build_dataclass(hint, value or {}, path + ".")
         else:
             kwargs[name] = _coerce(value, hint, path)
     return cls(**kwargs)
+
+
+def reject_unknown(data: dict[str, Any], allowed: set[str], prefix: str = "") -> None:
+    """An unknown key is an error naming it and what the mapping accepts."""
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        where = prefix.rstrip(".") or "top level"
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s} ({where} accepts: {', '.join(sorted(allowed))})"
+        )
+
+
+def choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def choices(value: Any, allowed: tuple[str, ...], key: str) -> list[str]:
+    """A non-empty list of allowed names (a single name is a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: a non-empty list is required")
+    for v in value:
+        choice(v, allowed, key)
+    return list(value)
+
+
+def number(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+
+
+def integer(value: Any, key: str, minimum: int | None = None) -> int:
+    n = number(value, key)
+    if not float(n).is_integer():
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if minimum is not None and n < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}")
+    return int(n)
 
 
 def _coerce(value: Any, hint: Any, path: str) -> Any:

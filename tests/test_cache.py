@@ -12,9 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from bgl.cli.bench import add_data_bench_command
+from bgl.cli.data import add_data_commands
+from bgl.cli.develop import add_develop_command
 from bgl.data import cache as cache_mod
 from bgl.data.cache import MANIFEST, PackedCache, default_cache_dir, prepare_items
-from bgl.data.commands import add_data_bench_command, add_data_commands, add_develop_command
 from bgl.data.darkface import DarkFace
 from bgl.data.errors import BadItemLog, DataError
 from bgl.data.fixtures import make_acdc, make_darkface, make_sid

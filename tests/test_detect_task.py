@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from bgl.cli.eval_detect import add_eval_detect_command
 from bgl.data.splits import build_splits
 from bgl.data.synthetic_faces import SyntheticFaces
 from bgl.metrics.detection import average_precision, pr_curve
-from bgl.metrics.detection_commands import add_eval_detect_command
 from bgl.models.generator import build_generator
 from bgl.study.schema import load_study
 from bgl.tasks import build_task

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from bgl.cli.develop import add_develop_command
 from bgl.config import from_dict
-from bgl.data.commands import add_develop_command
 from bgl.develop import (
     auto_ratio,
     blend_ramp,

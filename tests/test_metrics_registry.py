@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
+from bgl.cli.eval import add_eval_command
 from bgl.metrics import METRICS, PAPER_TABLE, get_metric
-from bgl.metrics.commands import add_eval_command
 from bgl.metrics.registry import validate_metrics
 from bgl.models.enhance import IlluminationNet
 from bgl.models.generator import build_generator

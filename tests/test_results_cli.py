@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bgl.results.commands import add_results_command
+from bgl.cli.results import add_results_command
 from tests.test_results_query import make_results, png_size
 
 _TRIAL = re.compile(r"^│ t\d+ ")  # a trial row of a rich table (ids t1, t2, ...)

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import bgl.results.parquet as parquet
+from bgl.analysis.query import QueryError, list_studies, query
 from bgl.config import ConfigError
 from bgl.results.parquet import ResultsWriteError
-from bgl.results.query import QueryError, list_studies, query
 from bgl.results.tables import trial_row, write_trial
 from bgl.study.preflight import check_writable
 

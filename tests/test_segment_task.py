@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
+from bgl.cli.eval_segment import add_eval_segment_command
 from bgl.config import DataConfig, from_dict
 from bgl.data.splits import build_splits
 from bgl.data.synthetic_street import STREET_CLASSES, SyntheticStreet
 from bgl.metrics.segmentation import IOU_KEYS
-from bgl.metrics.segmentation_commands import add_eval_segment_command
 from bgl.models.generator import build_generator
 from bgl.solvers import SOLVERS, BilevelProblem, hypergradient
 from bgl.study.schema import load_study

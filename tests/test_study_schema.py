@@ -77,7 +77,7 @@ def test_quickstart_study_loads():
         ),
         (
             {"name": "s", "resources": {"workers_per_trial": "two"}},
-            "resources.workers_per_trial: expected a number",
+            "resources.workers_per_trial: expected an integer",
         ),
     ],
 )

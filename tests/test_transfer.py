@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
+from bgl.analysis.query import transfer_table
 from bgl.cli import main
 from bgl.config import ConfigError
-from bgl.results.query import transfer_table
 from bgl.study.schema import load_study, parse_study
 from bgl.study.transfer import trial_setup
 from tests.conftest import TINY_STUDY_BASE

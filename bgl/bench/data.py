@@ -85,9 +85,9 @@ def _time_items(dataset: Any, count: int, warm: int = 0) -> tuple[list[float], f
 
 def _prepare(name: str, root: Path) -> tuple[float, int]:
     from bgl.data.cache import PackedCache, default_cache_dir, prepare_items
-    from bgl.data.commands import _prepare_plan
+    from bgl.data.prepare import prepare_plan
 
-    items, decode, _ = _prepare_plan(name, root, skip_bad=False)
+    items, decode, _ = prepare_plan(name, root, skip_bad=False)
     cache = PackedCache(default_cache_dir(root, name), name, root)
     summary = prepare_items(cache, items, decode)
     return summary.seconds, len(items)

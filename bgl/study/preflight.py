@@ -60,11 +60,9 @@ def _data_configs(study: StudyConfig) -> list[tuple[str, DataConfig]]:
     """Every distinct data config the study's trials will read, with where it comes from."""
     runs: list[tuple[str, RunConfig]] = []
     if study.transfer is not None:
-        from bgl.study.transfer import trial_setup
-
         for stage in ("source", "target"):
             for trial in study.transfer.trials(stage):
-                run, _, _ = trial_setup(study, trial.identity(), trial_name="preflight")
+                run, _, _ = study.transfer_trial(trial.identity(), trial_name="preflight")
                 runs.append((f"transfer.tasks.{trial.task}", run))
     else:
         runs.append(("base", study.trial_config({})))

@@ -1,20 +1,14 @@
-"""`bgl study run`: start or attach to Ray, build the Tuner, run, write results.
-
-Without an address a local Ray instance is started (laptop / single-GPU mode, dashboard off
-unless asked, and then bound to 127.0.0.1); with `--address auto|ray://...` the study runs on
-that cluster (token authentication stays as the cluster has it).
-"""
+"""Run, resume or extend a study: pre-flight, the driver lock, the plan, the searcher, and as
+many Tune experiments (`bgl.study.experiment`) as it takes to finish the plan."""
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bgl.config import ConfigError
+from bgl.study.experiment import TUNE_DIR, fit_experiment, ray_session
 from bgl.study.journal import driver_lock
 from bgl.study.plan import Plan, read_plan, write_plan
 from bgl.study.preflight import preflight
@@ -22,37 +16,6 @@ from bgl.study.reconcile import reconcile
 from bgl.study.schema import StudyConfig
 
 log = logging.getLogger(__name__)
-
-TUNE_DIR = "tune"
-
-
-def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | None = None) -> bool:
-    """Attach to a cluster or start a local instance; True when this call started Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    if address:
-        # Ray turns token mode on by itself only for address=auto; an explicit host:port needs it
-        # said, or the driver is refused by a cluster with token authentication (the default)
-        token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-        if "RAY_AUTH_MODE" not in os.environ and (
-            os.environ.get("RAY_AUTH_TOKEN") or token.exists()
-        ):
-            os.environ["RAY_AUTH_MODE"] = "token"
-        ray.init(address=address, log_to_driver=False)
-        return True
-    os.environ.pop("RAY_ADDRESS", None)  # a set RAY_ADDRESS would attach instead of starting
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        _temp_dir="/tmp/bgl-ray",  # short: unix socket paths are limited to ~107 bytes
-        log_to_driver=False,
-    )
-    return True
-
 
 def build_searcher(study: StudyConfig, target: int) -> Any:
     """The study's searcher: Optuna on the study's journal, `target` trials in all."""
@@ -82,27 +45,6 @@ def build_searcher(study: StudyConfig, target: int) -> Any:
         target=target,
         max_concurrent=study.resources.max_concurrent_trials,
     )
-
-
-def _callbacks(study: StudyConfig, live: bool) -> list[Any]:
-    from bgl.study.callbacks import LiveTable, ParquetResults, PendingWatch
-
-    callbacks: list[Any] = [ParquetResults(study), PendingWatch(study)]
-    if not study.logging.tensorboard:  # auto loggers are off then: keep Tune's JSON and CSV
-        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-
-        callbacks += [JsonLoggerCallback(), CSVLoggerCallback()]
-    if live:
-        callbacks.append(LiveTable(study))
-    if study.logging.mlflow is not None:
-        from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-        callbacks.append(MLflowLoggerCallback(**study.logging.mlflow))
-    if study.logging.wandb is not None:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
-        callbacks.append(WandbLoggerCallback(**study.logging.wandb))
-    return callbacks
 
 
 def run_study(
@@ -219,95 +161,6 @@ def _fit_new(
         param_space=_param_space(study),
         live=live,
     )
-
-
-@contextmanager
-def ray_session(
-    address: str | None, dashboard: bool = False, study: StudyConfig | None = None
-) -> Iterator[None]:
-    """Ray attached or started for the block; a local instance started here is shut down.
-    On a cluster, `study`'s resources are compared with the cluster's (a warning)."""
-    started = init_ray(address, dashboard=dashboard)
-    if address and study is not None:
-        from bgl.study.preflight import check_cluster_resources
-
-        check_cluster_resources(study)
-    try:
-        yield
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-
-
-def fit_experiment(
-    study: StudyConfig,
-    tune_dir: Path,
-    *,
-    resume: bool,
-    tune_config: Any,
-    param_space: dict[str, Any] | None,
-    live: bool,
-) -> bool:
-    """One Tune experiment of the trial function in `tune_dir`: new, or restored (`resume`,
-    after `reconcile`). False when a restore was impossible (Tune's state unusable)."""
-    from ray import tune
-
-    from bgl.study.trial import checkpoint_config, run_trial
-
-    if not os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") and not study.logging.tensorboard:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    # experiment state after every step, so a killed driver loses no finished trial
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    # ... which Tune warns about once checkpoints are pruned (checkpoints.keep): it is intended
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's own console output off (verbose=0 is honoured by the classic reporter): the live
-    # table and the Parquet tables are the interface
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    replay: dict[str, dict[str, Any]] = {}
-    if resume:
-        rec = reconcile(study, tune_dir)
-        log.info("resuming %s (%s): %s", study.name, tune_dir.name, rec.summary())
-        if not rec.tune_usable:
-            return False
-        replay = rec.replay
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, study=study, replay=replay), trial_resources(study)
-    )
-    if resume:
-        tuner = tune.Tuner.restore(
-            str(tune_dir),
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=False,
-            restart_errored=False,
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune_config,
-            param_space=param_space,
-            run_config=tune.RunConfig(
-                name=tune_dir.name,
-                storage_path=str(study.study_dir),
-                callbacks=_callbacks(study, live),
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
-                checkpoint_config=checkpoint_config(study, tune),
-            ),
-        )
-    tuner.fit()
-    return True
-
-
-def trial_resources(study: StudyConfig) -> dict[str, float]:
-    """The Tune trial's own resources: a sliver when it only waits on Ray Train workers, the
-    worker's share when it trains in-process."""
-    r = study.resources
-    if r.launcher == "in_trial":
-        return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
-    return {"cpu": r.trial_cpus}
 
 
 def _tune_config(study: StudyConfig, num_samples: int, target: int | None) -> Any:

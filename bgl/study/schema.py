@@ -37,11 +37,23 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bgl.config import ConfigError, RunConfig, from_dict, read_yaml, set_path
+from bgl.config import (
+    ConfigError,
+    RunConfig,
+    build_dataclass,
+    choice,
+    choices,
+    from_dict,
+    integer,
+    number,
+    read_yaml,
+    reject_unknown,
+    set_path,
+)
 from bgl.solvers import SOLVERS
 
 if TYPE_CHECKING:
-    from bgl.study.transfer import TransferSpec
+    from bgl.study.design import TransferSpec
 
 # parameters that only exist for one solver (Optuna's define-by-run space makes them conditional)
 SOLVER_ONLY = {"solver.k": "ibgl", "solver.delta": "tbgl"}
@@ -152,6 +164,29 @@ class StudyConfig:
         data["output_dir"] = self.output_dir
         return from_dict(data)
 
+    @property
+    def generators_dir(self) -> Path:
+        """A transfer study's stage-1 generative blocks (`<study>/generators/<model>.pt`)."""
+        from bgl.study.design import GENERATORS
+
+        return self.study_dir / GENERATORS
+
+    def transfer_trial(
+        self, identity: dict[str, Any], trial_name: str
+    ) -> tuple[RunConfig, list[str], str | None]:
+        """A transfer trial's run config, objective metric and (stage 1) export path."""
+        from bgl.study.design import trial_setup
+
+        assert self.transfer is not None
+        return trial_setup(
+            self.base,
+            self.transfer,
+            identity,
+            generators=self.generators_dir,
+            output_dir=self.output_dir,
+            trial_name=trial_name,
+        )
+
 
 _TOP = {
     "name",
@@ -198,7 +233,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> StudyCon
 
 
 def parse_study(data: dict[str, Any]) -> StudyConfig:
-    _no_unknown(data, _TOP, "")
+    reject_unknown(data, _TOP, "")
     name = data.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise ConfigError("name: a non-empty study name without '/' is required")
@@ -210,16 +245,16 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
     except ConfigError as exc:
         raise ConfigError(f"base.{exc}") from exc
     study = StudyConfig(name=name, base=base, output_dir=str(data.get("output_dir", "results")))
-    kind = _choice(data.get("type", "search"), STUDY_TYPES, "type")
+    kind = choice(data.get("type", "search"), STUDY_TYPES, "type")
     if kind == "transfer":
         _parse_transfer(study, data)
     else:
         if "transfer" in data:
             raise ConfigError("transfer: only a study of type: transfer takes a transfer block")
         _parse_search(study, data.get("search") or {})
-    study.resources = _dataclass(Resources, data.get("resources") or {}, "resources.")
+    study.resources = build_dataclass(Resources, data.get("resources") or {}, "resources.")
     r = study.resources
-    _choice(r.launcher, ("ray_train", "in_trial"), "resources.launcher")
+    choice(r.launcher, ("ray_train", "in_trial"), "resources.launcher")
     if r.launcher == "in_trial" and r.workers_per_trial != 1:
         raise ConfigError("resources.launcher: in_trial runs exactly one worker per trial")
     if r.workers_per_trial < 1 or r.cpus_per_worker <= 0 or r.max_concurrent_trials < 1:
@@ -227,12 +262,12 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
             "resources: workers_per_trial, cpus_per_worker and "
             "max_concurrent_trials must be positive"
         )
-    study.checkpoints = _dataclass(Checkpoints, data.get("checkpoints") or {}, "checkpoints.")
+    study.checkpoints = build_dataclass(Checkpoints, data.get("checkpoints") or {}, "checkpoints.")
     if study.checkpoints.keep is not None and study.checkpoints.keep < 1:
         raise ConfigError("checkpoints.keep: at least 1 (or null to keep every checkpoint)")
     if r.pending_warn_s <= 0:
         raise ConfigError("resources.pending_warn_s: must be positive (seconds)")
-    study.logging = _dataclass(Logging, data.get("logging") or {}, "logging.")
+    study.logging = build_dataclass(Logging, data.get("logging") or {}, "logging.")
     _check_paths_exist(study)
     return study
 
@@ -242,22 +277,22 @@ def _parse_search(study: StudyConfig, search: Any) -> None:
     base = study.base
     if not isinstance(search, dict):
         raise ConfigError("search: expected a mapping")
-    _no_unknown(search, _SEARCH, "search.")
-    study.num_samples = _int(search.get("num_samples", 1), "search.num_samples", minimum=1)
+    reject_unknown(search, _SEARCH, "search.")
+    study.num_samples = integer(search.get("num_samples", 1), "search.num_samples", minimum=1)
     study.objectives = _objectives(search)
-    study.sampler = _choice(
+    study.sampler = choice(
         search.get("sampler", "tpe"), ("tpe", "random", "grid"), "search.sampler"
     )
     seed = search.get("seed", 0)
-    study.sampler_seed = None if seed is None else _int(seed, "search.seed", minimum=0)
-    study.solvers = _names(
+    study.sampler_seed = None if seed is None else integer(seed, "search.seed", minimum=0)
+    study.solvers = choices(
         search.get("solvers", [base.get("solver", {}).get("name", "ibgl")]),
         SOLVERS,
         "search.solvers",
     )
     from bgl.tasks import TASKS
 
-    study.tasks = _names(
+    study.tasks = choices(
         search.get("tasks", [base.get("task", {}).get("name", "enhance")]),
         tuple(TASKS),
         "search.tasks",
@@ -284,7 +319,7 @@ def _parse_search(study: StudyConfig, search: Any) -> None:
 
 def _parse_transfer(study: StudyConfig, data: dict[str, Any]) -> None:
     """A transfer study: the design replaces the search (see `bgl.study.transfer`)."""
-    from bgl.study.transfer import parse_transfer
+    from bgl.study.design import parse_transfer
 
     if "search" in data:
         raise ConfigError(
@@ -321,12 +356,12 @@ def _param(path: str, spec: Any) -> ParamSpec:
     key = f"search.params.{path}"
     if not isinstance(spec, dict):
         return ParamSpec(path, "constant", value=spec)
-    _no_unknown(
+    reject_unknown(
         spec, {"type", "low", "high", "log", "step", "choices", "value", "solvers"}, key + "."
     )
     solvers = spec.get("solvers")
     if solvers is not None:
-        solvers = _names(solvers, SOLVERS, key + ".solvers")
+        solvers = choices(solvers, SOLVERS, key + ".solvers")
     if path in SOLVER_ONLY:
         only = SOLVER_ONLY[path]
         if solvers not in (None, [only]):
@@ -335,15 +370,15 @@ def _param(path: str, spec: Any) -> ParamSpec:
     if "value" in spec:
         return ParamSpec(path, "constant", value=spec["value"], solvers=solvers)
     kind = spec.get("type") or ("categorical" if "choices" in spec else "float")
-    _choice(kind, PARAM_TYPES, key + ".type")
+    choice(kind, PARAM_TYPES, key + ".type")
     if kind == "categorical":
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
+        options = spec.get("choices")
+        if not isinstance(options, list) or not options:
             raise ConfigError(f"{key}.choices: a non-empty list is required")
-        return ParamSpec(path, kind, choices=choices, solvers=solvers)
+        return ParamSpec(path, kind, choices=options, solvers=solvers)
     if "low" not in spec or "high" not in spec:
         raise ConfigError(f"{key}: {kind} ranges need low and high")
-    low, high = _number(spec["low"], key + ".low"), _number(spec["high"], key + ".high")
+    low, high = number(spec["low"], key + ".low"), number(spec["high"], key + ".high")
     if not low < high:
         raise ConfigError(f"{key}: empty range (low must be < high, got {low} and {high})")
     log = bool(spec.get("log", False))
@@ -358,7 +393,7 @@ def _param(path: str, spec: Any) -> ParamSpec:
         low=low,
         high=high,
         log=log,
-        step=None if step is None else _number(step, key + ".step"),
+        step=None if step is None else number(step, key + ".step"),
         solvers=solvers,
     )
 
@@ -377,89 +412,19 @@ def _objectives(search: dict[str, Any]) -> list[Objective]:
             out.append(
                 Objective(
                     str(item["metric"]),
-                    _choice(item["mode"], ("max", "min"), f"search.objectives[{i}]"),
+                    choice(item["mode"], ("max", "min"), f"search.objectives[{i}]"),
                 )
             )
         return out
     metric = search.get("metric", "psnr")
     return [
-        Objective(str(metric), _choice(search.get("mode", "max"), ("max", "min"), "search.mode"))
+        Objective(str(metric), choice(search.get("mode", "max"), ("max", "min"), "search.mode"))
     ]
 
 
 def _scheduler(spec: Any) -> SchedulerSpec:
     if not isinstance(spec, dict):
         raise ConfigError("search.scheduler: expected a mapping like {name: asha}")
-    s = _dataclass(SchedulerSpec, spec, "search.scheduler.")
-    _choice(s.name, ("asha",), "search.scheduler.name")
+    s = build_dataclass(SchedulerSpec, spec, "search.scheduler.")
+    choice(s.name, ("asha",), "search.scheduler.name")
     return s
-
-
-def _dataclass(cls: type, data: Any, prefix: str) -> Any:
-    import dataclasses
-
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.')}: expected a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _no_unknown(data, set(fields), prefix)
-    kwargs = {}
-    for key, value in data.items():
-        default = getattr(cls(), key)
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{prefix}{key}: expected true/false, got {value!r}")
-        elif isinstance(default, int | float) and value is not None:
-            value = _number(value, prefix + key)
-            if isinstance(default, int) and not isinstance(default, bool):
-                value = _int(value, prefix + key)
-        elif (
-            isinstance(default, dict | type(None))
-            and value is not None
-            and key in ("mlflow", "wandb")
-            and not isinstance(value, dict)
-        ):
-            raise ConfigError(f"{prefix}{key}: expected a mapping of callback options or null")
-        kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _no_unknown(data: dict[str, Any], allowed: set[str], prefix: str) -> None:
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]} (accepted: {', '.join(sorted(allowed))})"
-        )
-
-
-def _names(value: Any, allowed: tuple[str, ...], key: str) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{key}: a non-empty list is required")
-    for v in value:
-        _choice(v, allowed, key)
-    return list(value)
-
-
-def _choice(value: Any, allowed: tuple[str, ...], key: str) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{key}: must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def _number(value: Any, key: str) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-
-
-def _int(value: Any, key: str, minimum: int | None = None) -> int:
-    number = _number(value, key)
-    if not float(number).is_integer():
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if minimum is not None and number < minimum:
-        raise ConfigError(f"{key}: must be at least {minimum}")
-    return int(number)

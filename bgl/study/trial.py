@@ -91,9 +91,7 @@ def _loop_config(study: StudyConfig, params: dict[str, Any], trial_name: str) ->
     the study's design; any other trial sets its sampled parameters on the base config.
     """
     if "transfer" in params:
-        from bgl.study.transfer import trial_setup
-
-        run, objectives, export = trial_setup(study, params["transfer"], trial_name)
+        run, objectives, export = study.transfer_trial(params["transfer"], trial_name)
     else:
         run = study.trial_config(params, trial_name=trial_name)
         objectives, export = [o.metric for o in study.objectives], None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgl.results.query import (
+from bgl.analysis.query import (
     Objectives,
     is_number,
     load_history,

@@ -22,7 +22,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bgl.metrics.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
+from bgl.cli.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
 
 #: Decimal places per metric in the printed table.
 DECIMALS = {

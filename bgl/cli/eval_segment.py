@@ -9,7 +9,7 @@ left out of the mIoU). --json writes IoUs as fractions under unique keys (iou_bu
 iou_bu2 = bus, iou_tr = truck, iou_tr2 = train; see `bgl.metrics.segmentation`).
 
 `add_eval_segment_command` adds the command to the `eval` subparsers that
-`bgl.metrics.commands.add_eval_command` returns; library imports happen inside the handler so
+`bgl.cli.eval.add_eval_command` returns; library imports happen inside the handler so
 `bgl --help` stays fast.
 """
 
@@ -24,7 +24,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bgl.metrics.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
+from bgl.cli.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
 
 
 def add_eval_segment_command(eval_subparsers: Any) -> argparse.ArgumentParser:

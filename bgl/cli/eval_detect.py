@@ -18,11 +18,11 @@ from typing import Any
 
 from rich.console import Console
 
-from bgl.metrics.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
+from bgl.cli.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
 
 
 def add_eval_detect_command(eval_subparsers: Any) -> Any:
-    """Add `detect` to `eval`'s subparsers (see `bgl.metrics.commands.add_eval_command`)."""
+    """Add `detect` to `eval`'s subparsers (see `bgl.cli.eval.add_eval_command`)."""
     p = eval_subparsers.add_parser(
         "detect",
         help="face detection AP (IoU 0.5, VOC all-point) and the PR curve",
@@ -41,7 +41,7 @@ def add_eval_detect_command(eval_subparsers: Any) -> Any:
 
 def plot_pr_curve(curve: Any, path: Path, title: str) -> Path:
     """The precision-recall curve as a PNG (matplotlib's Agg canvas; written atomically)."""
-    from bgl.results.plots import new_figure, save_figure
+    from bgl.analysis.plots import new_figure, save_figure
 
     fig, ax = new_figure()
     ax.plot([0.0, *curve.recall.tolist()], [1.0, *curve.precision.tolist()], color="tab:blue")

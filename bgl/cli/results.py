@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from bgl.results.query import (
+from bgl.analysis.query import (
     EXPORT_FORMATS,
     STATUSES,
     TRANSFER_COLUMNS,
@@ -470,7 +470,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 @_handles_errors
 def cmd_plot(args: argparse.Namespace) -> int:
-    from bgl.results.plots import plot_study
+    from bgl.analysis.plots import plot_study
 
     objectives = parse_objectives(args.pareto) if args.pareto else None
     report = plot_study(

@@ -1,0 +1,1 @@
+"""Queries and plots over study results (the Parquet store in `bgl.results`)."""

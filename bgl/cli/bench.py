@@ -1,0 +1,293 @@
+"""`bgl bench ...`: benchmarks. Each writes Parquet rows and prints a table; none asserts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bgl.cli.args import add_output_dir, add_size_arguments, console, error
+
+
+def add_bench_commands(subparsers: Any) -> None:
+    bench = subparsers.add_parser("bench", help="benchmarks (write Parquet rows, print a table)")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    b = bsub.add_parser("solvers", help="time and peak memory per upper step: naive/TBGL/IBGL")
+    add_size_arguments(b, crop=256, batch_size=2, width=32, lower_width=16)
+    b.add_argument("--k", type=int, default=1, help="IBGL lower steps per upper step")
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--device", default="auto")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_solvers)
+    add_data_bench_command(bsub)
+    b = bsub.add_parser("study", help="Ray's per-trial overhead; 1 vs 2 workers")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_study)
+    b = bsub.add_parser("boat", help="bgl vs BOAT (boat-torch): time, memory, hypergradients")
+    add_size_arguments(b, crop=256, batch_size=2, width=32, lower_width=16)
+    b.add_argument("--k", type=int, default=1, help="IBGL/IGA lower steps per upper step")
+    b.add_argument("--delta", type=float, default=0.01, help="TBGL δ = BOAT FD's r")
+    b.add_argument("--repeats", type=int, default=3, help="timed steps per process")
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--rounds", type=int, default=3, help="interleaved bgl/BOAT process pairs")
+    b.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda (rows name the GPU)")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_boat)
+    b = bsub.add_parser("fidelity", help="naive/TBGL/IBGL vs the exact implicit hypergradient")
+    b.add_argument("--width", type=int, default=4, help="generative block base width")
+    b.add_argument("--ridge", type=float, default=0.1, help="lower level's ridge λ")
+    b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 200])
+    b.add_argument("--delta", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    b.add_argument("--delta-k", type=int, nargs="+", default=[1, 20], help="k of the δ sweep")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_fidelity)
+    b = bsub.add_parser("scaling", help="1 vs N gloo workers; --develop: full-frame develop")
+    add_size_arguments(b, crop=128, batch_size=2, width=32, lower_width=16, batch_help="per worker")
+    b.add_argument("--solver", default="ibgl", choices=("naive", "tbgl", "ibgl"))
+    b.add_argument("--workers", type=int, default=2, help="compared against 1 worker")
+    b.add_argument("--threads", type=int, default=2, help="in total, split between workers")
+    b.add_argument("--threads-per-worker", type=int, default=0, help="fix instead of split")
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--rounds", type=int, default=2)
+    b.add_argument("--develop", action="store_true", help="also time a 24 MP bgl develop")
+    b.add_argument("--develop-only", action="store_true", help="only the develop timing")
+    b.add_argument("--device", default="auto", help="device of the develop timing")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_scaling)
+    b = bsub.add_parser("faults", help="kill a study's driver at 4 moments, resume; count harm")
+    b.add_argument("--repeats", type=int, default=5, help="kill-and-resume campaigns")
+    b.add_argument("--trials", type=int, default=4, help="trials in each campaign's study")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_faults)
+    b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
+    b.add_argument("--device", default="cpu", help="cpu, or cuda for the paper-size GPU suite")
+    b.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
+    b.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=("boat", "fidelity", "scaling", "solvers", "develop"),
+    )
+    b.add_argument("--tiny", action="store_true", help="smoke-test sizes")
+    b.add_argument("--readme", default="README.md")
+    b.add_argument("--no-report", action="store_true", help="do not rewrite the README")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_all)
+    b = bsub.add_parser("report", help="rewrite the README's benchmark block from Parquet rows")
+    b.add_argument("--readme", default="README.md")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_report)
+
+
+def _bench_solvers(args: argparse.Namespace) -> int:
+    from bgl.bench.solvers import SolverBenchConfig, print_table, run_solver_bench
+
+    cfg = SolverBenchConfig(
+        crop=args.crop,
+        batch_size=args.batch_size,
+        width=args.width,
+        lower_width=args.lower_width,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        k=args.k,
+    )
+    rows = run_solver_bench(cfg, out_dir=args.output_dir, console=console)
+    print_table(rows, console)
+    return 0
+
+
+def _bench_study(args: argparse.Namespace) -> int:
+    from bgl.bench.study import run_study_bench
+
+    run_study_bench(out_dir=args.output_dir, console=console)
+    return 0
+
+
+def _bench_boat(args: argparse.Namespace) -> int:
+    from bgl.bench.boat import BoatBenchConfig, BoatMissingError, print_table, run_boat_bench
+
+    cfg = BoatBenchConfig(
+        crop=args.crop,
+        batch_size=args.batch_size,
+        width=args.width,
+        lower_width=args.lower_width,
+        k=args.k,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        device=args.device,
+        threads=args.threads,
+        delta=args.delta,
+    )
+    try:
+        rows = run_boat_bench(cfg, out_dir=args.output_dir, console=console)
+    except BoatMissingError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    print_table(rows, console)
+    return 0
+
+
+def _bench_fidelity(args: argparse.Namespace) -> int:
+    from bgl.bench.fidelity import FidelityConfig, print_table, run_fidelity_bench
+
+    cfg = FidelityConfig(
+        width=args.width,
+        ridge=args.ridge,
+        ks=tuple(args.k),
+        deltas=tuple(args.delta),
+        delta_ks=tuple(args.delta_k),
+    )
+    print_table(run_fidelity_bench(cfg, out_dir=args.output_dir, console=console), console)
+    return 0
+
+
+def _bench_scaling(args: argparse.Namespace) -> int:
+    from bgl.bench.scaling import (
+        DevelopBenchConfig,
+        ScalingConfig,
+        print_table,
+        run_develop_bench,
+        run_scaling_bench,
+    )
+
+    if not args.develop_only:
+        cfg = ScalingConfig(
+            crop=args.crop,
+            batch_size=args.batch_size,
+            width=args.width,
+            lower_width=args.lower_width,
+            solver=args.solver,
+            workers=(1, args.workers),
+            threads=args.threads,
+            threads_per_worker=args.threads_per_worker,
+            repeats=args.repeats,
+            rounds=args.rounds,
+        )
+        print_table(run_scaling_bench(cfg, out_dir=args.output_dir, console=console), console)
+    if args.develop or args.develop_only:
+        (row,) = run_develop_bench(
+            DevelopBenchConfig(width=args.width, device=args.device),
+            out_dir=args.output_dir,
+            console=console,
+        )
+        console.print(
+            f"develop: {row['megapixels']:.1f} MP in {row['time_s']:.1f} s on {row['device']} "
+            f"({row['megapixels_per_s']:.2f} MP/s)"
+        )
+    return 0
+
+
+def _bench_faults(args: argparse.Namespace) -> int:
+    from bgl.bench.faults import print_table, run_faults_bench
+
+    rows = run_faults_bench(
+        repeats=args.repeats,
+        num_samples=args.trials,
+        out_dir=args.output_dir,
+        console=console,
+    )
+    print_table(rows, console)
+    return 0
+
+
+def _bench_all(args: argparse.Namespace) -> int:
+    from bgl.bench.boat import BoatMissingError
+    from bgl.bench.suite import run_suite
+
+    try:
+        run_suite(
+            device=args.device,
+            out_dir=args.output_dir,
+            readme=None if args.no_report else args.readme,
+            tiny=args.tiny,
+            threads=args.threads,
+            skip=tuple(args.skip),
+            console=console,
+        )
+    except BoatMissingError as exc:
+        console.print(f"[red]error:[/red] {exc} (or skip it: --skip boat)")
+        return 2
+    return 0
+
+
+def _bench_report(args: argparse.Namespace) -> int:
+    from bgl.bench.report import update_readme
+
+    console.print(f"rewrote the benchmark block of {update_readme(args.readme, args.output_dir)}")
+    return 0
+
+
+def add_data_bench_command(bench_subparsers: Any) -> argparse.ArgumentParser:
+    """``bgl bench data``: on-the-fly decoding vs the packed cache vs the training step."""
+    from bgl.bench.data import DataBenchConfig
+
+    d = DataBenchConfig()
+    b = bench_subparsers.add_parser(
+        "data",
+        help="samples/s: on-the-fly decoding vs the packed cache vs one training step",
+    )
+    b.add_argument(
+        "--datasets", default=",".join(d.datasets), help="comma-separated: sid,darkface,acdc"
+    )
+    b.add_argument("--sid-crop", type=int, default=d.sid_crop, help="RGB crop (packed = half)")
+    b.add_argument("--darkface-crop", type=int, default=d.darkface_crop)
+    b.add_argument("--acdc-crop", type=int, default=d.acdc_crop)
+    b.add_argument(
+        "--sid-size",
+        type=int,
+        nargs=2,
+        default=list(d.sid_size),
+        metavar=("H", "W"),
+        help="synthesised SID frame (default: the a7S II's 2848 x 4256)",
+    )
+    b.add_argument("--darkface-size", type=int, nargs=2, default=list(d.darkface_size))
+    b.add_argument("--acdc-size", type=int, nargs=2, default=list(d.acdc_size))
+    b.add_argument("--samples", type=int, default=d.samples, help="timed on-the-fly samples")
+    b.add_argument("--cache-samples", type=int, default=d.cache_samples)
+    b.add_argument("--width", type=int, default=d.width, help="generator width of the step")
+    b.add_argument("--lower-width", type=int, default=d.lower_width)
+    b.add_argument("--batch-size", type=int, default=d.batch_size)
+    b.add_argument("--solver", default=d.solver, choices=("naive", "tbgl", "ibgl"))
+    b.add_argument("--no-step", action="store_true", help="skip timing the training step")
+    b.add_argument("--device", default=d.device)
+    b.add_argument("--workdir", default=None, help="where to write the files (default: a temp dir)")
+    b.add_argument("--keep", action="store_true", help="keep the synthesised files")
+    add_output_dir(b)
+    b.set_defaults(func=bench_data_command)
+    return b
+
+
+def bench_data_command(args: argparse.Namespace) -> int:
+    from bgl.bench.data import DataBenchConfig, print_table, run_data_bench
+    from bgl.data.splits import REAL_DATASETS
+
+    datasets = tuple(s.strip() for s in args.datasets.split(",") if s.strip())
+    unknown = sorted(set(datasets) - set(REAL_DATASETS))
+    if unknown:
+        error(f"unknown dataset(s) {unknown}; choose from {REAL_DATASETS}")
+        return 2
+    cfg = DataBenchConfig(
+        datasets=datasets,
+        sid_crop=args.sid_crop,
+        darkface_crop=args.darkface_crop,
+        acdc_crop=args.acdc_crop,
+        sid_size=tuple(args.sid_size),
+        darkface_size=tuple(args.darkface_size),
+        acdc_size=tuple(args.acdc_size),
+        samples=args.samples,
+        cache_samples=args.cache_samples,
+        width=args.width,
+        lower_width=args.lower_width,
+        batch_size=args.batch_size,
+        solver=args.solver,
+        step=not args.no_step,
+        device=args.device,
+        workdir=args.workdir,
+        keep=args.keep,
+    )
+    rows = run_data_bench(cfg, out_dir=args.output_dir, console=console)
+    print_table(rows, console)
+    return 0
