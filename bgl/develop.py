@@ -252,7 +252,7 @@ def develop_file(
     """Read ``photo``, run F (and G) tiled, orient, and write an 8/16-bit PNG to ``output``."""
     from bgl.data.png import write_png
     from bgl.raw.read import read_raw
-    from bgl.results.provenance import resolve_device
+    from bgl.train.device import resolve_device
 
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16; got {bits}")

@@ -27,7 +27,7 @@ def test_train_writes_checkpoint_history_and_summary(tmp_path, capsys):
     assert summary["status"] == "completed" and summary["solver"] == "tbgl"
     assert summary["config.solver.name"] == "tbgl" and summary["steps"] == 7
     assert summary["final_psnr"] == history[-1]["psnr"]
-    for key in ("git_commit", "device", "wall_time_s", "peak_memory_bytes", "version_torch"):
+    for key in ("git_commit", "device", "wall_time_s", "peak_memory_bytes", "versions_torch"):
         assert key in summary
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["step"] == 7

@@ -415,3 +415,17 @@ def test_plots_skip_absent_data_with_a_note(results: Path, tmp_path: Path) -> No
     # lpips: only tbgl t4 has it, and no history or IBGL trial does
     assert [p.name for p in report.paths] == ["lpips_vs_delta.png"]
     assert len(report.notes) == 2
+
+
+def test_metric_direction_comes_from_what_defines_the_metric() -> None:
+    from bgl.analysis.query import metric_mode
+
+    assert [metric_mode(m) for m in ("psnr", "ssim", "lpips", "niqe", "brisque", "loe")] == [
+        "max", "max", "min", "min", "min", "min",
+    ]  # fmt: skip  (MetricSpec.direction)
+    assert metric_mode("ap") == "max" and metric_mode("miou") == "max"  # the tasks' own modes
+    assert metric_mode("final_lpips") == "min" and metric_mode("psnr_generator") == "max"
+    assert metric_mode("wall_time_s") == "min" and metric_mode("lower_loss") == "min"
+    # what the trials recorded for the metric they tracked wins
+    rows = [{"best_metric": "score", "best_mode": "min"}]
+    assert metric_mode("score", rows) == "min" and metric_mode("score") == "max"

@@ -16,7 +16,7 @@ from bgl.solvers import (
     naive_hypergradient,
     tbgl_hypergradient,
 )
-from bgl.solvers.problem import upper_head
+from bgl.solvers.problem import upper_output
 
 DT = torch.float64
 
@@ -310,8 +310,8 @@ def test_shared_generator_passes_equal_the_direct_computation(solver, case):
     for a, b in zip(direct, fast, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     if solver == "ibgl":  # F's output on the training batch handed over (as the loop does)
-        head = upper_head(shared, train)
-        reused = ibgl_hypergradient(shared, train, val, train_head=head)
+        upper_out = upper_output(shared, train)
+        reused = ibgl_hypergradient(shared, train, val, train_upper_out=upper_out)
         for a, b in zip(direct, reused, strict=True):
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     assert any(a.abs().sum() > 0 for a in direct)

@@ -106,7 +106,7 @@ def plot_vs_param(trials: Sequence[Row], metric: str, param: str, path: Path) ->
     elif param == "k":
         ax.set_xticks(sorted(means))
     ax.set_xlabel(label)
-    ax.set_ylabel(f"{metric} ({metric_mode(metric)} is better)")
+    ax.set_ylabel(f"{metric} ({metric_mode(metric, trials)} is better)")
     ax.set_title(f"{metric} vs {param} ({solver}, {_count(len(points), 'trial')})")
     ax.grid(True, alpha=0.3)
     ax.legend()

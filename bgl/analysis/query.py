@@ -39,9 +39,8 @@ STATUSES = ("completed", "diverged", "stopped", "error")
 EXPORT_FORMATS = ("csv", "json", "parquet")
 # metrics tasks report, in the order a table shows them when a study has no `best_metric`
 KNOWN_METRICS = ("psnr", "ssim", "map", "miou", "psnr_generator", "psnr_input")
-# name fragments of quantities where smaller is better
-_MIN_HINTS = ("loss", "memory", "mib", "bytes", "time", "wall", "lpips", "niqe", "brisque", "loe")
-_MIN_SUFFIXES = ("_s",)
+#: what the platform itself measures about a run: costs, minimised
+COST_COLUMNS = ("wall_time_s", "trial_wall_s", "peak_memory_mib", "peak_memory_bytes", "steps")
 _EMPTY_HISTORY = (
     "SELECT NULL::VARCHAR AS study, NULL::VARCHAR AS trial_id, NULL::VARCHAR AS solver, "
     "NULL::BIGINT AS step, NULL::VARCHAR AS kind, NULL::VARCHAR AS phase, "
@@ -242,12 +241,37 @@ def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(seen)
 
 
-def metric_mode(metric: str) -> str:
-    """`min` for losses, times and memory (and no-reference scores where lower is better)."""
-    name = metric.lower()
-    if any(h in name for h in _MIN_HINTS) or name.endswith(_MIN_SUFFIXES):
+def metric_mode(metric: str, rows: Sequence[Mapping[str, Any]] = ()) -> str:
+    """Whether larger ("max") or smaller ("min") is better, from what defines the metric: the
+    direction the trials recorded for the metric they tracked (`best_mode`), the metric's own
+    `MetricSpec.direction` (image quality), the task whose primary metric it is; losses and the
+    platform's costs (wall time, memory) are minimised. A prefix (final_, best_, last_) or an
+    `_generator`/`_input` suffix names the same metric."""
+    for row in rows:
+        if row.get("best_metric") == metric and row.get("best_mode") in ("max", "min"):
+            return str(row["best_mode"])
+    name = _base_metric(metric)
+    if name in COST_COLUMNS or name.endswith("_loss") or name == "loss":
         return "min"
+    from bgl.metrics.registry import METRICS
+    from bgl.tasks import TASKS, task_class
+
+    if name in METRICS:
+        return METRICS[name].direction
+    for task in TASKS:
+        cls = task_class(task)
+        if cls.primary_metric == name:
+            return cls.mode
     return "max"
+
+
+def _base_metric(column: str) -> str:
+    name = column.lower()
+    for prefix in ("final_", "best_", "last_"):
+        name = name.removeprefix(prefix)
+    for suffix in ("_generator", "_input"):
+        name = name.removesuffix(suffix)
+    return name
 
 
 def primary_metric(rows: Sequence[Mapping[str, Any]]) -> str | None:
@@ -316,7 +340,7 @@ def best_trial(
     rows: Sequence[Mapping[str, Any]], metric: str, mode: str | None = None
 ) -> Mapping[str, Any] | None:
     """The completed trial with the best value of `metric` (None when no trial has one)."""
-    mode = mode or metric_mode(metric)
+    mode = mode or metric_mode(metric, rows)
     scored = [r for r in rows if _completed(r) and is_number(r.get(metric))]
     if not scored:
         return None
@@ -327,8 +351,8 @@ def best_trial(
 def sort_rows(
     rows: Sequence[Mapping[str, Any]], column: str, mode: str | None = None
 ) -> list[Mapping[str, Any]]:
-    """Best first (by `mode`, inferred from the name), rows without a value last."""
-    mode = mode or metric_mode(column)
+    """Best first (by `mode`, else the column's own direction), rows without a value last."""
+    mode = mode or metric_mode(column, rows)
     present = [r for r in rows if r.get(column) is not None and not _nan(r.get(column))]
     missing = [r for r in rows if r.get(column) is None or _nan(r.get(column))]
     try:
@@ -413,7 +437,7 @@ def list_studies(results_dir: str | Path) -> list[dict[str, Any]]:
             entry.update({status: counts.get(status, 0) for status in STATUSES})
             metric = primary_metric(rows)
             if metric:
-                mode = metric_mode(metric)
+                mode = metric_mode(metric, rows)
                 best = best_trial(rows, metric, mode)
                 entry.update(metric=metric, mode=mode)
                 if best is not None:

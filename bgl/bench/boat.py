@@ -251,7 +251,7 @@ def _run_dict(cfg: BoatBenchConfig, solver: str) -> dict[str, Any]:
 def _child(cfg: BoatBenchConfig, solver: str, library: str) -> dict[str, Any]:
     """One (solver, library) measurement; runs in its own process (see `run_child`)."""
     from bgl.bench.solvers import fixed_batch_trainer, held_tensor_bytes, measure_steps
-    from bgl.results.provenance import device_description
+    from bgl.train.device import device_description
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

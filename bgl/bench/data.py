@@ -126,7 +126,7 @@ def _step(cfg: DataBenchConfig, dataset: Any, crop: int) -> tuple[float, float, 
     import torch
 
     from bgl.config import from_dict
-    from bgl.results.provenance import device_description
+    from bgl.train.device import device_description
     from bgl.train.loop import Trainer
 
     run = from_dict(

@@ -227,7 +227,7 @@ def run_develop_bench(
     from bgl.develop import develop_tiled
     from bgl.models.enhance import IlluminationNet
     from bgl.models.generator import build_generator
-    from bgl.results.provenance import device_description, peak_memory_bytes, resolve_device
+    from bgl.train.device import device_description, peak_memory_bytes, resolve_device
 
     device = resolve_device(cfg.device)
     say = console.log if console else (lambda *a, **k: None)

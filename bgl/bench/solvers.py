@@ -256,7 +256,7 @@ def fixed_batch_trainer(run_dict: dict[str, Any], **trainer_kwargs: Any) -> tupl
 def _child(cfg: SolverBenchConfig, solver: str) -> dict[str, Any]:
     import torch
 
-    from bgl.results.provenance import device_description
+    from bgl.train.device import device_description
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -35,7 +35,7 @@ def add_checkpoint_arguments(
 def load_for_eval(args: argparse.Namespace, task: str) -> tuple[Any, Any]:
     """(TrainedRun, test split) of `args.checkpoint` with the data overrides from `args`."""
     from bgl.data.splits import build_splits
-    from bgl.results.provenance import resolve_device
+    from bgl.train.device import resolve_device
     from bgl.train.restore import load_trained
 
     data = {

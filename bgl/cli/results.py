@@ -226,7 +226,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     sort = args.sort or metric
     if sort and sort not in columns:
         raise ResultsError(f"--sort {sort}: no such column (metrics: {', '.join(metrics)})")
-    mode = args.mode or (metric_mode(sort) if sort else None)
+    mode = args.mode or (metric_mode(sort, rows) if sort else None)
     ordered = sort_rows(rows, sort, mode) if sort else list(rows)
     shown = ordered[: args.top] if args.top is not None and args.top >= 0 else ordered
 
@@ -236,14 +236,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     )
     title += ")"
     if metric:
-        best = best_trial(rows, metric, metric_mode(metric))
-        title += f"; {metric} ({metric_mode(metric)})"
+        direction = metric_mode(metric, rows)
+        best = best_trial(rows, metric, direction)
+        title += f"; {metric} ({direction})"
         if best is not None:
             title += f" best {best[metric]:.4f} ({best['trial_id']}, {best.get('solver')})"
     console.print(_trials_table(shown, rows, metrics, sort, mode, title))
     _print_errors(console, shown)
 
-    summary = solver_summary(rows, metric, metric_mode(metric) if metric else None)
+    summary = solver_summary(rows, metric, metric_mode(metric, rows) if metric else None)
     console.print(_summary_table(summary, metric))
 
     objectives = None

@@ -19,16 +19,13 @@ from typing import Any
 import pyarrow as pa
 
 from bgl.results.parquet import rows_to_table, write_table
+from bgl.results.report import FINAL_KEY, REPLAYED_KEY, TRIAL_END_KEY
 
 TRIALS = "trials"
 HISTORY = "history"
 #: Tune-config key of a designed (not searched) trial's identity, e.g. a transfer study's
 #: {stage, model, source_task, strategy, target_task}; its fields become columns of the row
 DESIGN_KEY = "transfer"
-#: marks a worker's last report of a run (the run summary)
-FINAL_KEY = "bgl_final"
-#: marks the Tune trial's last report: its row is written from it
-TRIAL_END_KEY = "bgl_trial_end"
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "categorical": None, "constant": None}
 
 
@@ -42,7 +39,7 @@ def trial_row(
     params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Flatten a trial's last result (a worker's final report, or an intermediate one)."""
-    skip = {"history_json", "params_json", "config", FINAL_KEY, TRIAL_END_KEY, "bgl_replayed"}
+    skip = {"history_json", "params_json", "config", FINAL_KEY, TRIAL_END_KEY, REPLAYED_KEY}
     row: dict[str, Any] = {"study": study, "trial_id": trial_id}
     final = bool(result.get(FINAL_KEY))
     row["status"] = status or (result.get("status", "completed") if final else "stopped")

@@ -41,10 +41,10 @@ def hypergradient(
     delta: float = 0.01,
     eps: float = 1e-12,
     reduce: Reduce | None = None,
-    train_head: list[torch.Tensor] | None = None,
+    train_upper_out: list[torch.Tensor] | None = None,
 ) -> Grads:
     """Dispatch by solver name with one set of keyword arguments (what the training loop uses).
-    `train_head` (F's output on the training batch, kept by the loop) is used by IBGL only."""
+    `train_upper_out` (F's output on the training batch, kept by the loop) is used by IBGL only."""
     if solver == "naive":
         return naive_hypergradient(problem, train_batch, val_batch, reduce=reduce)
     if solver == "tbgl":
@@ -53,6 +53,6 @@ def hypergradient(
         )
     if solver == "ibgl":
         return ibgl_hypergradient(
-            problem, train_batch, val_batch, eps=eps, reduce=reduce, train_head=train_head
+            problem, train_batch, val_batch, eps=eps, reduce=reduce, train_upper_out=train_upper_out
         )
     raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")

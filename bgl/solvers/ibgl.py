@@ -31,7 +31,7 @@ from bgl.solvers.problem import (
     loss_pass,
     omega_grads,
     preserved_state,
-    upper_head,
+    upper_output,
 )
 
 
@@ -42,31 +42,33 @@ def ibgl_hypergradient(
     *,
     eps: float = 1e-12,
     reduce: Reduce | None = None,
-    train_head: list[torch.Tensor] | None = None,
+    train_upper_out: list[torch.Tensor] | None = None,
 ) -> Grads:
     """Eq. 9 of the paper; one tensor per parameter of `problem.upper`.
 
-    `train_head`: F's output on `train_batch` at the current ω, with its graph, from an earlier
+    `train_upper_out`: F's output on `train_batch` at the current ω, with its graph, from an earlier
     forward (the training loop's last lower step keeps it): saves one F forward. Only for a
     problem with `upper_input`.
     """
-    if train_head is not None and problem.upper_input is None:
-        raise ValueError("train_head needs a BilevelProblem with upper_input")
+    if train_upper_out is not None and problem.upper_input is None:
+        raise ValueError("train_upper_out needs a BilevelProblem with upper_input")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     reduce = reduce or identity_reduce
     with preserved_state(problem.upper, problem.lower, params=False):
-        # L_G first, so a head handed over by the loop's last lower step is freed at once
-        head = train_head if train_head is not None else upper_head(problem, train_batch)
-        _, g_theta, cotangent = loss_pass(problem, problem.lower_loss, train_batch, head)
+        # L_G first, so F's output handed over by the loop's last lower step is freed at once
+        upper_out = train_upper_out
+        if upper_out is None:
+            upper_out = upper_output(problem, train_batch)
+        _, g_theta, cotangent = loss_pass(problem, problem.lower_loss, train_batch, upper_out)
         g_theta = reduce(g_theta)
-        hyper = omega_grads(problem, head, cotangent)  # ∇_ω L_G, scaled below
-        del head, cotangent, train_head
-        head = upper_head(problem, val_batch)
-        _, f_theta, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
+        hyper = omega_grads(problem, upper_out, cotangent)  # ∇_ω L_G, scaled below
+        del upper_out, cotangent, train_upper_out
+        upper_out = upper_output(problem, val_batch)
+        _, f_theta, cotangent = loss_pass(problem, problem.upper_loss, val_batch, upper_out)
         f_theta = reduce(f_theta)
         coef = (dot(f_theta, g_theta) / (dot(g_theta, g_theta) + eps)).detach()
         for h in hyper:
             h.mul_(-coef)
-        hyper = omega_grads(problem, head, cotangent, into=hyper)  # + ∇_ω L_F
+        hyper = omega_grads(problem, upper_out, cotangent, into=hyper)  # + ∇_ω L_F
     return reduce(hyper)

@@ -62,7 +62,7 @@ class _Pinned(nn.Module):
         return self.out
 
 
-def upper_head(problem: BilevelProblem, batch: Any) -> list[torch.Tensor]:
+def upper_output(problem: BilevelProblem, batch: Any) -> list[torch.Tensor]:
     """What ω acts through in a loss on `batch`: [F(upper_input(batch))] (one forward, with a
     graph through ω unless ω is frozen), or ω itself when the problem has no `upper_input`."""
     if problem.upper_input is None:
@@ -71,35 +71,36 @@ def upper_head(problem: BilevelProblem, batch: Any) -> list[torch.Tensor]:
 
 
 class LossPass(NamedTuple):
-    """One evaluation of a loss: its value (detached), d loss/dθ, d loss/d head."""
+    """One evaluation of a loss: its value (detached), d loss/dθ, d loss/d upper_out."""
 
     loss: torch.Tensor
     theta: Grads
-    head: Grads
+    upper_out: Grads
 
 
 def loss_pass(
     problem: BilevelProblem,
     loss_fn: LossFn,
     batch: Any,
-    head: list[torch.Tensor],
+    upper_out: list[torch.Tensor],
     *,
     theta: bool = True,
-    head_grad: bool = True,
+    upper_out_grad: bool = True,
 ) -> LossPass:
-    """Evaluate `loss_fn` on `batch` once; gradients for θ and the head as asked (else []).
+    """Evaluate `loss_fn` on `batch` once; gradients for θ and for `upper_out` as asked (else []).
 
-    With `upper_input`, F is not run again: the loss sees F's output `head` as a leaf, so this
-    pass backpropagates through G only (and `head` keeps its graph for `omega_grads`). Without
-    it, the head is ω and its gradient is ∇ω loss.
+    `upper_out` is what ω acts through (`upper_output`). With `upper_input`, F is not run again:
+    the loss sees F's output as a leaf, so this pass backpropagates through G only (and
+    `upper_out` keeps its graph for `omega_grads`). Without it, `upper_out` is ω itself and its
+    gradient is ∇ω loss.
     """
     th = problem.lower_params() if theta else []
     if problem.upper_input is None:
-        wrt = head if head_grad else []
+        wrt = upper_out if upper_out_grad else []
         loss = loss_fn(problem.upper, problem.lower, batch)
     else:
-        leaf = head[0].detach().requires_grad_(head_grad)
-        wrt = [leaf] if head_grad else []
+        leaf = upper_out[0].detach().requires_grad_(upper_out_grad)
+        wrt = [leaf] if upper_out_grad else []
         loss = loss_fn(_Pinned(problem.upper_input(batch), leaf), problem.lower, batch)
     g = grads(loss, th + wrt)
     return LossPass(loss.detach(), g[: len(th)], g[len(th) :])
@@ -107,20 +108,20 @@ def loss_pass(
 
 def omega_grads(
     problem: BilevelProblem,
-    head: list[torch.Tensor],
+    upper_out: list[torch.Tensor],
     cotangent: Grads,
     *,
     scale: float | torch.Tensor = 1.0,
     into: Grads | None = None,
 ) -> Grads:
-    """scale · (d head/dω)ᵀ cotangent, added to `into` when given (which is then consumed).
+    """scale · (d upper_out/dω)ᵀ cotangent, added to `into` when given (which is then consumed).
 
     With `upper_input` this is F's backward pass. Adding into an existing ω-sized list goes
     through `.grad` accumulation, in place, so two ω-sized lists never exist at once; every
     parameter's own `.grad` is restored afterwards.
     """
     omega = problem.upper_params()
-    if problem.upper_input is None:  # the head is ω: the cotangent is already its gradient
+    if problem.upper_input is None:  # upper_out is ω: the cotangent is already its gradient
         if into is None:
             return [c * scale for c in cotangent]
         return [i.add_(c * scale) for i, c in zip(into, cotangent, strict=True)]
@@ -132,7 +133,7 @@ def omega_grads(
             into.clear()  # p.grad holds the only reference: accumulation happens in place
         wanted = [p for p in omega if p.requires_grad]
         if wanted:
-            torch.autograd.backward(head, [c * scale for c in cotangent], inputs=wanted)
+            torch.autograd.backward(upper_out, [c * scale for c in cotangent], inputs=wanted)
         return [p.grad if p.grad is not None else torch.zeros_like(p) for p in omega]
     finally:
         for p, g in zip(omega, saved):

@@ -34,7 +34,7 @@ from bgl.solvers.problem import (
     omega_grads,
     preserved_state,
     set_params,
-    upper_head,
+    upper_output,
 )
 
 
@@ -58,27 +58,30 @@ def tbgl_hypergradient(
     with preserved_state(upper, params=False), preserved_state(lower):
         theta0 = [p.detach().clone() for p in theta]
         with grad_disabled(omega):
-            head = upper_head(problem, train_batch)  # no graph: ω is frozen here
-            step = loss_pass(problem, problem.lower_loss, train_batch, head, head_grad=False)
+            upper_out = upper_output(problem, train_batch)  # no graph: ω is frozen here
+            step = loss_pass(
+                problem, problem.lower_loss, train_batch, upper_out, upper_out_grad=False
+            )
             theta_prime = [t - lower_lr * g for t, g in zip(theta0, reduce(step.theta))]
             del step
         set_params(theta, theta_prime)
-        head = upper_head(problem, val_batch)
-        _, v, cotangent = loss_pass(problem, problem.upper_loss, val_batch, head)
+        upper_out = upper_output(problem, val_batch)
+        _, v, cotangent = loss_pass(problem, problem.upper_loss, val_batch, upper_out)
         v = reduce(v)
-        hyper = omega_grads(problem, head, cotangent)  # ∇_ω L_F(ω, θ')
-        del head, cotangent
+        hyper = omega_grads(problem, upper_out, cotangent)  # ∇_ω L_F(ω, θ')
+        del upper_out, cotangent
         v_norm = norm(v)
         if lower_lr == 0 or v_norm == 0 or not torch.isfinite(v_norm):
             return reduce(hyper)  # v = 0 or η = 0: no coupling term
         eps = delta / v_norm
         with grad_disabled(theta):
-            head = upper_head(problem, train_batch)  # shared by both finite-difference passes
+            upper_out = upper_output(problem, train_batch)  # shared by both difference passes
+            lower_loss = problem.lower_loss
             set_params(theta, [t + eps * vi for t, vi in zip(theta0, v)])
-            plus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False).head
+            plus = loss_pass(problem, lower_loss, train_batch, upper_out, theta=False).upper_out
             set_params(theta, [t - eps * vi for t, vi in zip(theta0, v)])
-            minus = loss_pass(problem, problem.lower_loss, train_batch, head, theta=False).head
+            minus = loss_pass(problem, lower_loss, train_batch, upper_out, theta=False).upper_out
             diff = [a.sub_(b) for a, b in zip(plus, minus)]
             del plus, minus
-            hyper = omega_grads(problem, head, diff, scale=-lower_lr / (2 * eps), into=hyper)
+            hyper = omega_grads(problem, upper_out, diff, scale=-lower_lr / (2 * eps), into=hyper)
         return reduce(hyper)

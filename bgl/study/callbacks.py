@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from bgl.results.tables import FINAL_KEY, TRIAL_END_KEY, has_row, trial_row, write_trial
+from bgl.results.report import FINAL_KEY, TRIAL_END_KEY
+from bgl.results.tables import has_row, trial_row, write_trial
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgl.results.tables import FINAL_KEY, TRIAL_END_KEY, finished_trials, read_row
+from bgl.results.report import FINAL_KEY, REPLAYED_KEY, TRIAL_END_KEY
+from bgl.results.tables import finished_trials, read_row
 from bgl.study.journal import JOURNAL, TUNE_TRIAL_ATTR, load_trials, open_journal
 from bgl.study.schema import StudyConfig
 
@@ -161,7 +162,7 @@ def _tell_from_row(storage: Any, ot: Any, row: dict[str, Any], study: StudyConfi
 
 def _replay_report(study: StudyConfig, row: dict[str, Any]) -> dict[str, Any]:
     """The result a replayed trial reports: its objectives and status, marked final."""
-    report: dict[str, Any] = {FINAL_KEY: True, TRIAL_END_KEY: True, "bgl_replayed": True}
+    report: dict[str, Any] = {FINAL_KEY: True, TRIAL_END_KEY: True, REPLAYED_KEY: True}
     report["status"] = row.get("status")
     for o in study.objectives:
         value = row.get(o.metric)

@@ -79,8 +79,8 @@ def run_transfer(
     dashboard: bool = False,
 ) -> Path:
     """Stage 1 then stage 2, each a Tune experiment in the study folder; returns the folder."""
-    from bgl.study.journal import driver_lock
     from bgl.study.experiment import ray_session
+    from bgl.study.journal import driver_lock
 
     spec = study.transfer
     assert spec is not None

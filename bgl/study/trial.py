@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from bgl.results.tables import FINAL_KEY, TRIAL_END_KEY
+from bgl.results.report import FINAL_KEY, TRIAL_END_KEY
 from bgl.study import faults
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable

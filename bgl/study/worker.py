@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bgl.config import from_dict
-from bgl.results.tables import FINAL_KEY
+from bgl.results.report import FINAL_KEY, flatten_summary
 from bgl.study import faults
 from bgl.train.checkpoint import CHECKPOINT_NAME
 from bgl.train.loop import Callbacks, DivergedError, Trainer
@@ -54,7 +54,7 @@ class _RayReporter(Callbacks):
         self.api = api
 
     def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        from bgl.results.provenance import peak_memory_bytes
+        from bgl.train.device import peak_memory_bytes
 
         row = {
             **metrics,
@@ -117,12 +117,7 @@ def final_report(
     summary: dict[str, Any], history: list[dict[str, Any]], objectives: list[str]
 ) -> dict[str, Any]:
     """The run summary as a flat report; objectives are NaN unless the run completed."""
-    report: dict[str, Any] = {FINAL_KEY: True}
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            report.update({f"{key}_{k}": v for k, v in value.items()})
-        else:
-            report[key] = value
+    report: dict[str, Any] = {FINAL_KEY: True, **flatten_summary(summary)}
     report.update(summary["final"])
     report["peak_memory_mib"] = summary["peak_memory_bytes"] / 2**20
     for metric in objectives:

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bgl.config import RunConfig, flatten
 from bgl.results.parquet import write_rows
+from bgl.results.report import flatten_summary
 from bgl.train.checkpoint import CHECKPOINT_NAME
 from bgl.train.loop import Callbacks, DivergedError, Trainer
 
@@ -96,9 +97,6 @@ def train_local(
 
 def write_outputs(run_dir: Path, trainer: Trainer, summary: dict[str, Any]) -> None:
     write_rows(trainer.history or [{"step": 0}], run_dir / "history.parquet")
-    row = {k: v for k, v in summary.items() if k not in ("final", "best", "versions")}
-    row.update({f"final_{k}": v for k, v in summary["final"].items()})
-    row.update({f"best_{k}": v for k, v in summary["best"].items()})
-    row.update({f"version_{k}": v for k, v in summary["versions"].items()})
+    row = flatten_summary(summary)
     row.update({f"config.{k}": v for k, v in flatten(trainer.cfg.to_dict()).items()})
     write_rows([row], run_dir / "summary.parquet")

@@ -30,17 +30,12 @@ from bgl.config import ModelConfig, RunConfig
 from bgl.data.splits import build_splits
 from bgl.data.stream import BatchStream, sequential_batches
 from bgl.models.generator import build_generator
-from bgl.results.provenance import (
-    device_description,
-    git_commit,
-    library_versions,
-    peak_memory_bytes,
-    resolve_device,
-)
+from bgl.results.provenance import git_commit, library_versions
 from bgl.solvers import BilevelProblem, Grads, Reduce, hypergradient, identity_reduce
-from bgl.solvers.problem import grad_disabled, grads, loss_pass, upper_head
+from bgl.solvers.problem import grad_disabled, grads, loss_pass, upper_output
 from bgl.tasks import build_task
 from bgl.train.checkpoint import load_checkpoint, save_checkpoint
+from bgl.train.device import device_description, peak_memory_bytes, resolve_device
 from bgl.train.schedule import build_optimizer, learning_rate, set_lr
 
 
@@ -154,38 +149,40 @@ class Trainer:
         return {"warm_loss": loss.item()}
 
     def lower_step(
-        self, batch: dict[str, torch.Tensor], *, keep_head: bool = False
+        self, batch: dict[str, torch.Tensor], *, keep_upper_out: bool = False
     ) -> tuple[float, list[torch.Tensor] | None]:
-        """One step of G on L_G; (loss, F's output on the batch with its graph if `keep_head`).
+        """One step of G on L_G; (loss, F's output on the batch with its graph if `keep_upper_out`).
 
-        Without `keep_head`, F's forward builds no graph (ω frozen for the pass). With it, the
+        Without `keep_upper_out`, F's forward builds no graph (ω frozen for the pass). With it, the
         output is handed to IBGL's hypergradient, which needs F(train batch) at this same ω.
         """
         theta = list(self.lower.parameters())
-        if keep_head:
-            head = upper_head(self.problem, batch)
-            out = loss_pass(self.problem, self.task.lower_loss, batch, head, head_grad=False)
+        if keep_upper_out:
+            upper_out = upper_output(self.problem, batch)
+            out = loss_pass(
+                self.problem, self.task.lower_loss, batch, upper_out, upper_out_grad=False
+            )
         else:
-            head = None
+            upper_out = None
             with grad_disabled(list(self.upper.parameters())):
                 out = loss_pass(
                     self.problem,
                     self.task.lower_loss,
                     batch,
-                    upper_head(self.problem, batch),
-                    head_grad=False,
+                    upper_output(self.problem, batch),
+                    upper_out_grad=False,
                 )
         self._check_finite(out.loss, "lower loss L_G")
         _apply(theta, self.reduce(out.theta))
         _step(self.lower_opt)
-        return out.loss.item(), head
+        return out.loss.item(), upper_out
 
     def upper_step(
         self,
         train_batch: dict,
         val_batch: dict,
         lower_lr: float,
-        train_head: list[torch.Tensor] | None = None,
+        train_upper_out: list[torch.Tensor] | None = None,
     ) -> float:
         s = self.cfg.solver
         h = hypergradient(
@@ -197,9 +194,9 @@ class Trainer:
             delta=s.delta,
             eps=s.eps,
             reduce=self.reduce,
-            train_head=train_head,
+            train_upper_out=train_upper_out,
         )
-        del train_head
+        del train_upper_out
         h_norm = torch.stack([g.norm() for g in h]).norm()
         self._check_finite(h_norm, f"{s.name} hypergradient")
         _apply(list(self.upper.parameters()), h)
@@ -216,14 +213,14 @@ class Trainer:
             h_norm = self.upper_step(train_batch, val_batch, lower_lr)
             lower, _ = self.lower_step(train_batch)
         else:
-            head = None
+            upper_out = None
             for i in range(s.k):
                 train_batch = next(self.train_stream)
                 # IBGL reuses F's output on its last training batch (ω is unchanged until then)
                 keep = s.name == "ibgl" and i == s.k - 1
-                lower, head = self.lower_step(train_batch, keep_head=keep)
-            h_norm = self.upper_step(train_batch, next(self.val_stream), lower_lr, head)
-            del head
+                lower, upper_out = self.lower_step(train_batch, keep_upper_out=keep)
+            h_norm = self.upper_step(train_batch, next(self.val_stream), lower_lr, upper_out)
+            del upper_out
         return {"lower_loss": lower, "hypergrad_norm": h_norm}
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
@@ -255,7 +252,7 @@ class Trainer:
             value > self.best["value"] if mode == "max" else value < self.best["value"]
         )
         if better:
-            self.best = {"metric": key, "value": value, "step": self.step}
+            self.best = {"metric": key, "value": value, "step": self.step, "mode": mode}
         callbacks.on_eval(self, metrics)
         return metrics
 

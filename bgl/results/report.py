@@ -1,0 +1,28 @@
+"""What a run reports when it ends, in one place: the keys that mark the last reports, and the
+run summary flattened into one row (`bgl train`'s summary.parquet and a study's trial rows).
+
+A summary's nested mappings become `<key>_<name>` columns: `final_psnr`, `best_value`,
+`versions_torch`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: marks a worker's last report of a run (the run summary)
+FINAL_KEY = "bgl_final"
+#: marks the Tune trial's last report: its row is written from it
+TRIAL_END_KEY = "bgl_trial_end"
+#: marks a finished trial's result reported again on a resume (nothing was trained)
+REPLAYED_KEY = "bgl_replayed"
+
+
+def flatten_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """`Trainer.summary()` as flat columns (mappings become `<key>_<name>`)."""
+    row: dict[str, Any] = {}
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            row.update({f"{key}_{k}": v for k, v in value.items()})
+        else:
+            row[key] = value
+    return row
