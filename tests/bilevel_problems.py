@@ -1,4 +1,6 @@
-"""A small float64 bilevel problem (two tanh MLPs, MSE at both levels) shared by solver tests."""
+"""Small float64 bilevel problems shared by every solver test: two tanh MLPs (MSE at both
+levels, or a nonlinear lower level with optional BatchNorm), and a parameter vector module
+for closed-form problems."""
 
 from __future__ import annotations
 
@@ -24,3 +26,33 @@ def mlp_problem(upper_hidden: int = 4):
     train = (torch.randn(8, 3, generator=g, dtype=DT), torch.randn(8, 2, generator=g, dtype=DT))
     val = (torch.randn(6, 3, generator=g, dtype=DT), torch.randn(6, 2, generator=g, dtype=DT))
     return BilevelProblem(upper.to(DT), lower.to(DT), mse_loss, mse_loss), train, val
+
+
+def quartic_lower_loss(upper, lower, batch):
+    """Data term plus a θ-ω coupling through the features; nonlinear in both."""
+    z, y = batch
+    out = lower(upper(z))
+    return ((out - y) ** 2).mean() + 0.05 * (out**4).mean()
+
+
+def nonlinear_problem(batchnorm: bool = False, seed: int = 0):
+    """(problem, train batch of 8, val batch of 6): F = 3->4->3 MLP, G = 3->5(->BN)->2 MLP,
+    L_G = `quartic_lower_loss`, L_F = MSE."""
+    torch.manual_seed(seed)
+    upper = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
+    layers = [nn.Linear(3, 5)]
+    if batchnorm:
+        layers.append(nn.BatchNorm1d(5))
+    layers += [nn.Tanh(), nn.Linear(5, 2)]
+    lower = nn.Sequential(*layers).to(DT)
+    train = (torch.randn(8, 3, dtype=DT), torch.randn(8, 2, dtype=DT))
+    val = (torch.randn(6, 3, dtype=DT), torch.randn(6, 2, dtype=DT))
+    return BilevelProblem(upper, lower, quartic_lower_loss, mse_loss), train, val
+
+
+class Vec(nn.Module):
+    """One parameter vector `p`: a level of a closed-form problem."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.p = nn.Parameter(value.clone())

@@ -7,31 +7,12 @@ from typing import Any
 import pytest
 import torch
 
+from bgl.bench.faults import TINY_BASE
 from bgl.config import RunConfig, from_dict
 
-# the smallest run a Ray study test can train: two warm and two bilevel steps on 32 px crops
-TINY_STUDY_BASE: dict[str, Any] = {
-    "task": {"name": "enhance", "options": {"width": 4}},
-    "model": {"generator_width": 4},
-    "data": {
-        "train_size": 8,
-        "val_size": 4,
-        "test_size": 4,
-        "crop": 32,
-        "batch_size": 2,
-        "val_batch_size": 2,
-        "eval_batch_size": 4,
-    },
-    "optim": {"optimizer": "sgd"},
-    "train": {
-        "warm_steps": 2,
-        "steps": 2,
-        "eval_every": 2,
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "device": "cpu",
-    },
-}
+# the smallest run a Ray study test can train: two warm and two bilevel steps on 32 px crops (one
+# definition, shared with `bgl bench faults`)
+TINY_STUDY_BASE: dict[str, Any] = TINY_BASE
 
 
 def tiny_config_dict(tmp_path, **sections: Any) -> dict[str, Any]:

@@ -18,17 +18,9 @@ from bgl.bench.fidelity import (
 from bgl.solvers import BilevelProblem, naive_hypergradient
 from bgl.solvers.problem import set_params
 from bgl.solvers.reference import conjugate_gradient, reference_hypergradient
-
-DT = torch.float64
-
+from tests.bilevel_problems import DT, Vec
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-class Vec(nn.Module):
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.x = nn.Parameter(value.clone())
 
 
 def _quadratic(seed: int = 0):
@@ -45,11 +37,11 @@ def _quadratic(seed: int = 0):
     e = torch.diag(torch.rand(m, generator=g, dtype=DT))
 
     def lower_loss(upper, lower, batch):
-        th, om = lower.x, upper.x
+        th, om = lower.p, upper.p
         return 0.5 * th @ a @ th - th @ (b @ om + c)
 
     def upper_loss(upper, lower, batch):
-        return 0.5 * (cm @ lower.x - d).pow(2).sum() + 0.5 * upper.x @ e @ upper.x
+        return 0.5 * (cm @ lower.p - d).pow(2).sum() + 0.5 * upper.p @ e @ upper.p
 
     omega, theta = rnd(m), rnd(n)
     problem = BilevelProblem(Vec(omega), Vec(theta), lower_loss, upper_loss)
@@ -77,7 +69,7 @@ def test_reference_matches_closed_form_on_quadratic_problem():
     torch.testing.assert_close(result.theta_star[0], theta_star, rtol=1e-10, atol=1e-12)
     assert result.lower_grad_norm <= 1e-10 and result.cg_residual <= 1e-12
     # the problem is left as found: θ* is returned, not written into the model
-    torch.testing.assert_close(problem.lower.x.detach(), theta0, rtol=0, atol=0)
+    torch.testing.assert_close(problem.lower.p.detach(), theta0, rtol=0, atol=0)
 
 
 def test_reference_matches_autograd_through_fully_solved_lower_level():
@@ -108,10 +100,10 @@ def test_reference_matches_autograd_through_fully_solved_lower_level():
 
 def test_reference_rejects_a_non_convex_lower_level():
     def lower_loss(upper, lower, batch):
-        return -0.5 * lower.x.pow(2).sum() + (upper.x * lower.x).sum()
+        return -0.5 * lower.p.pow(2).sum() + (upper.p * lower.p).sum()
 
     def upper_loss(upper, lower, batch):
-        return lower.x.pow(2).sum()
+        return lower.p.pow(2).sum()
 
     problem = BilevelProblem(
         Vec(torch.ones(2, dtype=DT)), Vec(torch.ones(2, dtype=DT)), lower_loss, upper_loss

@@ -17,36 +17,7 @@ from bgl.solvers import (
     tbgl_hypergradient,
 )
 from bgl.solvers.problem import upper_output
-
-DT = torch.float64
-
-
-# --- a small nonlinear problem -------------------------------------------------------------
-
-
-def _mse_loss(upper, lower, batch):
-    z, y = batch
-    return ((lower(upper(z)) - y) ** 2).mean()
-
-
-def _lower_loss(upper, lower, batch):
-    # data term plus a θ-ω coupling through the features; nonlinear in both
-    z, y = batch
-    out = lower(upper(z))
-    return ((out - y) ** 2).mean() + 0.05 * (out**4).mean()
-
-
-def _nonlinear(batchnorm: bool = False, seed: int = 0):
-    torch.manual_seed(seed)
-    upper = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
-    layers = [nn.Linear(3, 5)]
-    if batchnorm:
-        layers.append(nn.BatchNorm1d(5))
-    layers += [nn.Tanh(), nn.Linear(5, 2)]
-    lower = nn.Sequential(*layers).to(DT)
-    train = (torch.randn(8, 3, dtype=DT), torch.randn(8, 2, dtype=DT))
-    val = (torch.randn(6, 3, dtype=DT), torch.randn(6, 2, dtype=DT))
-    return BilevelProblem(upper, lower, _lower_loss, _mse_loss), train, val
+from tests.bilevel_problems import DT, Vec, mse_loss, nonlinear_problem
 
 
 def _unrolled_reference(problem, train, val, lr):
@@ -78,7 +49,7 @@ def _close(a, b, rtol):
 
 
 def test_tbgl_matches_autograd_through_one_unrolled_step():
-    problem, train, val = _nonlinear()
+    problem, train, val = nonlinear_problem()
     lr = 0.3
     ref = _unrolled_reference(problem, train, val, lr)
     got = tbgl_hypergradient(problem, train, val, lower_lr=lr, delta=1e-4)
@@ -92,7 +63,7 @@ def test_tbgl_matches_autograd_through_one_unrolled_step():
 
 
 def test_tbgl_error_shrinks_with_delta():
-    problem, train, val = _nonlinear(seed=1)
+    problem, train, val = nonlinear_problem(seed=1)
     ref = _unrolled_reference(problem, train, val, 0.5)
     errs = [
         _close(tbgl_hypergradient(problem, train, val, lower_lr=0.5, delta=d), ref, 1.0)[1]
@@ -103,12 +74,6 @@ def test_tbgl_error_shrinks_with_delta():
 
 
 # --- quadratic problem with closed forms ---------------------------------------------------
-
-
-class _Vec(nn.Module):
-    def __init__(self, value):
-        super().__init__()
-        self.p = nn.Parameter(value.clone())
 
 
 def _quadratic(seed=0, n=4, m=3):
@@ -128,7 +93,7 @@ def _quadratic(seed=0, n=4, m=3):
     def upper_loss(up, lo, batch):
         return 0.5 * ((lo.p - t) ** 2).sum() + 0.5 * lam * (up.p**2).sum()
 
-    problem = BilevelProblem(_Vec(omega), _Vec(theta), lower_loss, upper_loss)
+    problem = BilevelProblem(Vec(omega), Vec(theta), lower_loss, upper_loss)
     return problem, dict(a=a, b=b, t=t, lam=lam, c=c, omega=omega, theta=theta)
 
 
@@ -175,7 +140,7 @@ def test_ibgl_zero_lower_gradient_is_finite_and_unguarded_is_not():
         return ((lo.p - 1) ** 2).sum() + (up.p**3).sum()
 
     problem = BilevelProblem(
-        _Vec(torch.ones(2, dtype=DT)), _Vec(torch.zeros(3, dtype=DT)), lower_loss, upper_loss
+        Vec(torch.ones(2, dtype=DT)), Vec(torch.zeros(3, dtype=DT)), lower_loss, upper_loss
     )
     (got,) = ibgl_hypergradient(problem, None, None)
     torch.testing.assert_close(got, 3 * torch.ones(2, dtype=DT))
@@ -184,7 +149,7 @@ def test_ibgl_zero_lower_gradient_is_finite_and_unguarded_is_not():
 
 
 def test_ibgl_term_by_term_on_nonlinear_problem():
-    problem, train, val = _nonlinear(seed=2)
+    problem, train, val = nonlinear_problem(seed=2)
 
     def fresh_grads(loss_fn, batch):
         up, lo = copy.deepcopy(problem.upper), copy.deepcopy(problem.lower)
@@ -203,7 +168,7 @@ def test_ibgl_term_by_term_on_nonlinear_problem():
 
 
 def test_naive_is_upper_gradient_only():
-    problem, train, val = _nonlinear(seed=5)
+    problem, train, val = nonlinear_problem(seed=5)
     up = copy.deepcopy(problem.upper)
     problem.upper_loss(up, problem.lower, val).backward()
     got = naive_hypergradient(problem, train, val)
@@ -213,7 +178,7 @@ def test_naive_is_upper_gradient_only():
 
 @pytest.mark.parametrize("solver", ["naive", "tbgl", "ibgl"])
 def test_no_side_effects(solver):
-    problem, train, val = _nonlinear(batchnorm=True, seed=6)
+    problem, train, val = nonlinear_problem(batchnorm=True, seed=6)
     mods = (problem.upper, problem.lower)
     for m in mods:
         for p in m.parameters():
@@ -257,12 +222,12 @@ def test_reduce_is_applied_to_every_gradient():
 
 
 def test_bad_arguments_and_losses():
-    problem, train, val = _nonlinear()
+    problem, train, val = nonlinear_problem()
     with pytest.raises(ValueError, match="unknown solver"):
         hypergradient("sgd", problem, train, val, lower_lr=0.1)
     with pytest.raises(ValueError, match="delta"):
         tbgl_hypergradient(problem, train, val, lower_lr=0.1, delta=0.0)
-    bad = BilevelProblem(problem.upper, problem.lower, lambda u, lo, b: torch.ones(2), _mse_loss)
+    bad = BilevelProblem(problem.upper, problem.lower, lambda u, lo, b: torch.ones(2), mse_loss)
     with pytest.raises(ValueError, match="scalar"):
         ibgl_hypergradient(bad, train, val)
 
@@ -295,7 +260,7 @@ def test_shared_generator_passes_equal_the_direct_computation(solver, case):
     if case == "enhance":
         problem, train, val, upper_input = _enhance_problem()
     else:
-        problem, train, val = _nonlinear(batchnorm=case.endswith("bn"))
+        problem, train, val = nonlinear_problem(batchnorm=case.endswith("bn"))
         upper_input = lambda batch: batch[0]  # noqa: E731
     shared = BilevelProblem(
         problem.upper, problem.lower, problem.lower_loss, problem.upper_loss, upper_input
@@ -322,7 +287,7 @@ def test_shared_generator_passes_equal_the_direct_computation(solver, case):
 
 
 def test_shared_passes_refuse_a_loss_that_calls_f_on_another_input():
-    problem, train, val = _nonlinear()
+    problem, train, val = nonlinear_problem()
     wrong = BilevelProblem(
         problem.upper, problem.lower, problem.lower_loss, problem.upper_loss, lambda b: b[0] + 0
     )
