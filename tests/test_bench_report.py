@@ -71,3 +71,24 @@ def test_report_needs_the_markers(tmp_path):
     path.write_text("## Benchmarks\n")
     with pytest.raises(ValueError, match="bench:start"):
         update_readme(path, tmp_path)
+
+
+def test_faults_block_is_rendered_and_replaced(tmp_path):
+    from bgl.bench.faults import README_END, README_START, render_markdown
+    from bgl.bench.report import replace_block
+
+    row = dict(campaign=0, state_corrupted=True, kills=4, resumes=4, crashes=0,
+               trials_run_twice=0, rows_lost=0, rows_rewritten=1, optuna_finished=3,
+               optuna_running=0, rows=4, wall_s=99.6, git_commit="0123456789")  # fmt: skip
+    second = {**row, "campaign": 1, "rows_rewritten": 0, "optuna_finished": 4}
+    table = render_markdown([row, second])
+    lines = table.splitlines()
+    assert lines[2] == "| 1 | yes | 4 | 4 | 0 | 0 | 0 | 1 | no (3 vs 4) | 100 |"
+    assert lines[4] == "| **all** |  | 8 | 8 | 0 | 0 | 0 | 1 | 1/2 |  |"
+    assert "commit 0123456" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold\n{README_END}\nrest\n")
+    replace_block(readme, README_START, README_END, table)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert lines[2] in text

@@ -257,7 +257,7 @@ def run_faults_bench(
     console: Console | None = None,
     work_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """`repeats` campaigns; one Parquet row each (`<out_dir>/faults/<timestamp>.parquet`)."""
+    """`repeats` campaigns; one Parquet row each (`<out_dir>/faults-<timestamp>.parquet`)."""
     from bgl.results.parquet import write_rows
     from bgl.results.provenance import git_commit
 
@@ -279,8 +279,31 @@ def run_faults_bench(
                 f"campaign {r + 1}/{repeats}: {c.kills} kills, {c.crashes} crashes, "
                 f"{c.trials_run_twice} run twice, {c.rows_lost} rows lost ({c.wall_s:.0f} s)"
             )
-    write_rows(rows, Path(out_dir) / "faults" / f"{stamp}.parquet")
+    write_rows(rows, Path(out_dir) / f"faults-{stamp}.parquet")
     return rows
+
+
+README_START, README_END = "<!-- faults:start -->", "<!-- faults:end -->"
+_COUNTS = ("kills", "resumes", "crashes", "trials_run_twice", "rows_lost", "rows_rewritten")
+
+
+def render_markdown(rows: list[dict[str, Any]]) -> str:
+    """The campaigns as a markdown table with a totals line (the README's reliability block)."""
+    head = ["campaign", "state corrupted", *(c.replace("_", " ") for c in _COUNTS)]
+    lines = ["| " + " | ".join([*head, "Optuna trials = rows", "wall (s)"]) + " |"]
+    lines.append("|" + "---|" * (len(head) + 2))
+    for r in rows:
+        match = r["optuna_finished"] == r["rows"] and r["optuna_running"] == 0
+        cells = [str(r["campaign"] + 1), "yes" if r["state_corrupted"] else "no"]
+        cells += [str(r[c]) for c in _COUNTS]
+        cells += ["yes" if match else f"no ({r['optuna_finished']} vs {r['rows']})"]
+        lines.append("| " + " | ".join([*cells, f"{r['wall_s']:.0f}"]) + " |")
+    ok = sum(r["optuna_finished"] == r["rows"] and r["optuna_running"] == 0 for r in rows)
+    totals = [str(sum(r[c] for r in rows)) for c in _COUNTS]
+    lines.append("| " + " | ".join(["**all**", "", *totals, f"{ok}/{len(rows)}", ""]) + " |")
+    commit = rows[0].get("git_commit") if rows else None
+    note = f"\n_`bgl bench faults` at commit {commit[:7]}._\n" if commit else "\n"
+    return "\n".join(lines) + "\n" + note
 
 
 def print_table(rows: list[dict[str, Any]], console: Console) -> None:

@@ -45,13 +45,18 @@ def render(folder: str | Path) -> str:
 
 def update_readme(readme: str | Path, folder: str | Path) -> Path:
     """Replace the block between the markers in `readme` with `render(folder)`."""
+    return replace_block(readme, START, END, render(folder))
+
+
+def replace_block(readme: str | Path, start: str, end: str, body: str) -> Path:
+    """Replace what lies between the `start` and `end` marker lines of `readme` with `body`."""
     path = Path(readme)
     text = path.read_text()
-    if START not in text or END not in text or text.index(START) > text.index(END):
-        raise ValueError(f"{path} has no '{START}' ... '{END}' block to rewrite")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{render(folder)}{END}{tail}")
+    if start not in text or end not in text or text.index(start) > text.index(end):
+        raise ValueError(f"{path} has no '{start}' ... '{end}' block to rewrite")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}{end}{tail}")
     return path
 
 

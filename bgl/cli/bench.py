@@ -58,6 +58,8 @@ def add_bench_commands(subparsers: Any) -> None:
     b = bsub.add_parser("faults", help="kill a study's driver at 4 moments, resume; count harm")
     b.add_argument("--repeats", type=int, default=5, help="kill-and-resume campaigns")
     b.add_argument("--trials", type=int, default=4, help="trials in each campaign's study")
+    b.add_argument("--readme", default="README.md")
+    b.add_argument("--no-report", action="store_true", help="do not rewrite the README")
     add_output_dir(b)
     b.set_defaults(func=_bench_faults)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
@@ -190,6 +192,12 @@ def _bench_faults(args: argparse.Namespace) -> int:
         console=console,
     )
     print_table(rows, console)
+    if not args.no_report:
+        from bgl.bench.faults import README_END, README_START, render_markdown
+        from bgl.bench.report import replace_block
+
+        path = replace_block(args.readme, README_START, README_END, render_markdown(rows))
+        console.print(f"rewrote the kill-and-resume block of {path}")
     return 0
 
 
