@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bgl.cli.eval_detect import add_eval_detect_command
+from bgl.cli.eval import add_eval_detect_command
 from bgl.data.splits import build_splits
 from bgl.data.synthetic_faces import SyntheticFaces
 from bgl.metrics.detection import average_precision, pr_curve

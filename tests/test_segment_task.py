@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from bgl.cli.eval_segment import add_eval_segment_command
+from bgl.cli.eval import add_eval_segment_command
 from bgl.config import DataConfig, from_dict
 from bgl.data.splits import build_splits
 from bgl.data.synthetic_street import STREET_CLASSES, SyntheticStreet

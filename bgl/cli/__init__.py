@@ -19,9 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bgl.cli.bench import add_bench_commands
     from bgl.cli.data import add_data_commands
     from bgl.cli.develop import add_develop_command
-    from bgl.cli.eval import add_eval_command
-    from bgl.cli.eval_detect import add_eval_detect_command
-    from bgl.cli.eval_segment import add_eval_segment_command
+    from bgl.cli.eval import add_eval_command, add_eval_detect_command, add_eval_segment_command
     from bgl.cli.results import add_results_command
     from bgl.cli.study import add_study_command
     from bgl.cli.train import add_train_command

@@ -1,20 +1,33 @@
-"""`bgl eval enhance`: the paper's Table 1 metrics of a trained checkpoint on a test split.
+"""`bgl eval enhance | detect | segment`: the paper's tables for a trained checkpoint.
 
     bgl eval enhance --checkpoint results/runs/quickstart/checkpoint.pt --data synthetic
+    bgl eval detect --checkpoint results/runs/detect/checkpoint.pt --data-root /data/DarkFace
+    bgl eval segment --checkpoint results/runs/paper_segment/checkpoint.pt --data-root /data/ACDC
 
-prints one row in the layout of the paper's Table 1 (PSNR↑ SSIM↑ LPIPS↓ VIF↑ FSIM↑ BRISQUE↓
-NIQE↓ LOE↓). Metrics that were not asked for explicitly and cannot run here (the AlexNet
-weights for LPIPS are not on this machine, images too small for NIQE's 96x96 patches) are
-shown as n/a with the reason; a metric named with --metrics that cannot run is an error.
+`enhance` prints one row in the layout of the paper's Table 1 (PSNR↑ SSIM↑ LPIPS↓ VIF↑ FSIM↑
+BRISQUE↓ NIQE↓ LOE↓). Metrics that were not asked for explicitly and cannot run here (the AlexNet
+weights for LPIPS are not on this machine, images too small for NIQE's 96x96 patches) are shown
+as n/a with the reason; a metric named with --metrics that cannot run is an error.
 
-Wired into the CLI by `bgl.cli` through `add_eval_command`; imports of the library happen
-inside the handler so `bgl --help` stays fast and bgl.metrics never imports the task layer.
+`detect` prints AP at IoU 0.5 (VOC all-point, the DARK FACE protocol) and writes, to
+--output-dir (default: the checkpoint's folder), `pr_curve.parquet` (one row per ranked
+detection: rank, score, true_positive, precision, recall, num_gt) and `pr_curve.png`.
+
+`segment` prints one row in the layout of the paper's Table 2: the IoU (in %) of the 19
+Cityscapes classes, then mIoU. A class that occurs neither in the test labels nor in the
+predictions has no IoU and is shown as "-" (it is left out of the mIoU). --json writes IoUs as
+fractions under unique keys (iou_bu = building, iou_bu2 = bus, iou_tr = truck, iou_tr2 = train;
+see `bgl.metrics.segmentation`).
+
+Library imports happen inside the handlers so `bgl --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +35,31 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from bgl.cli.eval_args import add_checkpoint_arguments, load_for_eval, split_batches
+#: `--help` texts of the three commands
+ENHANCE_HELP = """`bgl eval enhance`: the paper's Table 1 metrics of a checkpoint on a test split.
+
+    bgl eval enhance --checkpoint results/runs/quickstart/checkpoint.pt --data synthetic
+
+prints one row in the layout of the paper's Table 1 (PSNR↑ SSIM↑ LPIPS↓ VIF↑ FSIM↑ BRISQUE↓
+NIQE↓ LOE↓). Metrics that were not asked for explicitly and cannot run here (the AlexNet
+weights for LPIPS are not on this machine, images too small for NIQE's 96x96 patches) are
+shown as n/a with the reason; a metric named with --metrics that cannot run is an error."""
+DETECT_HELP = """`bgl eval detect`: DARK FACE AP of a checkpoint on a test split, and its PR curve.
+
+    bgl eval detect --checkpoint results/runs/detect/checkpoint.pt --data-root /data/DarkFace
+
+prints AP at IoU 0.5 (VOC all-point, the DARK FACE protocol) and writes, to --output-dir
+(default: the checkpoint's folder), `pr_curve.parquet` (one row per ranked detection: rank,
+score, true_positive, precision, recall, num_gt) and `pr_curve.png`."""
+SEGMENT_HELP = """`bgl eval segment`: the paper's Table 2 (per-class IoU and mIoU) of a checkpoint.
+
+    bgl eval segment --checkpoint results/runs/paper_segment/checkpoint.pt --data-root /data/ACDC
+
+prints one row in the layout of the paper's Table 2: the IoU (in %) of the 19 Cityscapes
+classes, RO SI BU WA FE PO TL TS VE TE SK PE RI CA TR BU TR MO BI, then mIoU. A class that
+occurs neither in the test labels nor in the predictions has no IoU and is shown as "-" (it is
+left out of the mIoU). --json writes IoUs as fractions under unique keys (iou_bu = building,
+iou_bu2 = bus, iou_tr = truck, iou_tr2 = train; see `bgl.metrics.segmentation`)."""
 
 #: Decimal places per metric in the printed table.
 DECIMALS = {
@@ -37,6 +74,67 @@ DECIMALS = {
 }
 
 
+# -- shared: checkpoint and test-split arguments ---------------------------------------
+
+
+def add_checkpoint_arguments(
+    parser: argparse.ArgumentParser, example_dataset: str, *, crop: bool = True
+) -> None:
+    """--checkpoint, --data, --data-root, [--crop], --test-size, --batch-size, --device."""
+    parser.add_argument("--checkpoint", required=True, help="checkpoint.pt written by `bgl train`")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help=f"dataset to take the test split from (default: the checkpoint's, e.g. "
+        f"{example_dataset})",
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="dataset root for datasets read from disk"
+    )
+    if crop:
+        parser.add_argument("--crop", type=int, default=None, help="image side (synthetic data)")
+    parser.add_argument("--test-size", type=int, default=None, help="number of test images")
+    parser.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+
+
+def load_for_eval(args: argparse.Namespace, task: str) -> tuple[Any, Any]:
+    """(TrainedRun, test split) of `args.checkpoint` with the data overrides from `args`."""
+    from bgl.data.splits import build_splits
+    from bgl.train.device import resolve_device
+    from bgl.train.restore import load_trained
+
+    data = {
+        "name": args.data,
+        "root": args.data_root,
+        "crop": getattr(args, "crop", None),
+        "test_size": args.test_size,
+        "eval_batch_size": args.batch_size,
+    }
+    run = load_trained(
+        args.checkpoint, data=data, expect_task=task, device=resolve_device(args.device)
+    )
+    test = build_splits(run.cfg.data)["test"]
+    if len(test) == 0:  # type: ignore[arg-type]
+        raise ValueError("the test split is empty")
+    return run, test
+
+
+def split_batches(run: Any, test: Any, console: Console) -> Iterator[dict]:
+    """The test split in evaluation batches on the run's device, under a progress bar."""
+    from rich.progress import track
+
+    from bgl.data.stream import sequential_batches
+
+    batch_size = run.cfg.data.eval_batch_size
+    total = math.ceil(len(test) / batch_size)
+    batches = sequential_batches(test, batch_size, run.device)
+    return iter(track(batches, total=total, description="evaluating", console=console))
+
+
+# -- enhance ------------------------------------------------------------------------------
+
+
 def add_eval_command(subparsers: Any) -> Any:
     """Add `eval enhance` to an argparse subparsers object; returns `eval`'s subparsers, to which
     the other tasks add their own `eval <task>` commands."""
@@ -45,7 +143,7 @@ def add_eval_command(subparsers: Any) -> Any:
     e = sub.add_parser(
         "enhance",
         help="the paper's Table 1 metrics (PSNR SSIM LPIPS VIF FSIM BRISQUE NIQE LOE)",
-        description=__doc__,
+        description=ENHANCE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_checkpoint_arguments(e, "synthetic")
@@ -157,6 +255,131 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
             "metrics": {n: (None if n in skipped else results[n]) for n in names},
             "skipped": skipped,
             "extra": {k: v for k, v in results.items() if k not in names},
+        }
+        Path(args.json_path).write_text(json.dumps(row_json, indent=2) + "\n")
+        console.print(f"written: {args.json_path}")
+    return 0
+
+
+# -- detect -------------------------------------------------------------------------------
+
+
+def add_eval_detect_command(eval_subparsers: Any) -> Any:
+    """Add `detect` to `eval`'s subparsers (see `bgl.cli.eval.add_eval_command`)."""
+    p = eval_subparsers.add_parser(
+        "detect",
+        help="face detection AP (IoU 0.5, VOC all-point) and the PR curve",
+        description=DETECT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_checkpoint_arguments(p, "darkface")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="folder for pr_curve.parquet and pr_curve.png (default: the checkpoint's folder)",
+    )
+    p.set_defaults(func=run_eval_detect)
+    return p
+
+
+def plot_pr_curve(curve: Any, path: Path, title: str) -> Path:
+    """The precision-recall curve as a PNG (matplotlib's Agg canvas; written atomically)."""
+    from bgl.analysis.plots import new_figure, save_figure
+
+    fig, ax = new_figure()
+    ax.plot([0.0, *curve.recall.tolist()], [1.0, *curve.precision.tolist()], color="tab:blue")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def run_eval_detect(args: argparse.Namespace, console: Console | None = None) -> int:
+    """Handler of `bgl eval detect`: load, evaluate the test split, print AP, write the curve."""
+    from bgl.results.parquet import write_rows
+
+    console = console or Console()
+    run, test = load_for_eval(args, "detect")
+    cfg, n_images = run.cfg, len(test)
+    metrics, curve = run.task.evaluate_curve(  # type: ignore[attr-defined]
+        run.upper, run.lower, split_batches(run, test, console)
+    )
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent
+    table = write_rows(curve.rows(), out_dir / "pr_curve.parquet")
+    title = (
+        f"{cfg.name} ({cfg.solver.name.upper()}): {cfg.data.name} test, {n_images} images, "
+        f"{curve.num_gt} faces - AP {metrics['ap']:.4f}"
+    )
+    png = plot_pr_curve(curve, out_dir / "pr_curve.png", title)
+    console.print(
+        f"{cfg.name} ({cfg.solver.name.upper()}) step {run.step}: {cfg.data.name} test split, "
+        f"{n_images} images, {curve.num_gt} faces"
+    )
+    console.print(
+        f"AP@0.5 (VOC all-point) {metrics['ap']:.4f}   recall {metrics['recall']:.4f}   "
+        f"detections/image {metrics['detections_per_image']:.1f}"
+    )
+    console.print(f"written: {table}\nwritten: {png}")
+    return 0
+
+
+# -- segment ------------------------------------------------------------------------------
+
+
+def add_eval_segment_command(eval_subparsers: Any) -> argparse.ArgumentParser:
+    """Add `segment` to the `eval` subparsers; returns its parser."""
+    p = eval_subparsers.add_parser(
+        "segment",
+        help="the paper's Table 2: per-class IoU and mIoU on a test split",
+        description=SEGMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_checkpoint_arguments(p, "acdc", crop=False)
+    p.add_argument("--json", dest="json_path", default=None, help="also write the row as JSON")
+    p.set_defaults(func=run_eval_segment)
+    return p
+
+
+def run_eval_segment(args: argparse.Namespace, console: Console | None = None) -> int:
+    """Handler of `bgl eval segment`: load, evaluate on the test split, print; exit code."""
+    from bgl.metrics.segmentation import CITYSCAPES_CLASSES, IOU_KEYS, TABLE2_ABBREVIATIONS
+
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: room for all 21 columns
+            console = Console(width=160)
+    run, test = load_for_eval(args, "segment")
+    cfg, n_images = run.cfg, len(test)
+    results = run.task.evaluate(run.upper, run.lower, split_batches(run, test, console))
+
+    title = f"{cfg.name}: {cfg.data.name} test split, {n_images} images (step {run.step})"
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    table.add_column("Method", no_wrap=True)
+    for abbr in TABLE2_ABBREVIATIONS:
+        table.add_column(abbr, justify="right", no_wrap=True)
+    table.add_column("mIoU", justify="right", no_wrap=True)
+    row = [f"{cfg.name} ({cfg.solver.name.upper()})"]
+    row += [f"{100 * results[k]:.1f}" if k in results else "-" for k in IOU_KEYS]
+    row.append(f"{100 * results['miou']:.1f}")
+    table.add_row(*row)
+    console.print(table)
+    console.print(
+        "IoU in %; "
+        + ", ".join(f"{a} {c}" for a, c in zip(TABLE2_ABBREVIATIONS, CITYSCAPES_CLASSES))
+    )
+    if args.json_path:
+        row_json = {
+            "checkpoint": str(args.checkpoint),
+            "run": cfg.name,
+            "solver": cfg.solver.name,
+            "data": cfg.data.name,
+            "images": n_images,
+            "miou": results["miou"],
+            "iou": {k: results.get(k) for k in IOU_KEYS},
+            "extra": {k: v for k, v in results.items() if k != "miou" and k not in IOU_KEYS},
         }
         Path(args.json_path).write_text(json.dumps(row_json, indent=2) + "\n")
         console.print(f"written: {args.json_path}")

@@ -3,10 +3,9 @@
 Every metric maps a (B, C, H, W) batch in [0, 1] to one value per image, shape (B,). Each lives
 in its own module, named after it (`bgl.metrics.lpips.lpips`, `bgl.metrics.fsim.fsim`, ...);
 `METRICS` lists them all with their direction and what they compare against.
-`bgl.cli.eval` holds the `bgl eval` command (imported by the CLI only).
+The `bgl eval` command is in `bgl.cli.eval`.
 
-Names are resolved lazily (PEP 562) so that importing `bgl.cli.eval` for `bgl --help`
-does not import torch.
+Names are resolved lazily (PEP 562) so that importing this package does not import torch.
 """
 
 from __future__ import annotations
