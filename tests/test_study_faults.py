@@ -147,3 +147,32 @@ def test_a_killed_worker_restarts_from_its_checkpoint(tmp_path, monkeypatch, lau
     found = [*study_dir.glob("tune/*/checkpoint_*"), *study_dir.glob("train/*/checkpoint_*")]
     kept = [p for p in found if p.is_dir()]
     assert 1 <= len(kept) <= 2, kept
+
+
+def test_a_full_disk_stops_the_study_with_the_folder_named(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import bgl.results.parquet as parquet
+
+    study_yaml = fault_study(tmp_path, name="full", num_samples=2)
+    study_dir = tmp_path / "results" / "full"
+    real = parquet.pq.write_table
+
+    def full_disk(table, where, **kwargs):
+        if str(study_dir) in str(where):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(table, where, **kwargs)
+
+    monkeypatch.setattr(parquet.pq, "write_table", full_disk)
+    assert main(["study", "run", str(study_yaml), "--no-live"]) == 2
+    out = "".join(capsys.readouterr().out.split())
+    assert "cannotwriteresults(Nospaceleftondevice)" in out
+    assert "".join(str(study_dir / "history").split()) in out  # the folder, named
+    assert not list(study_dir.rglob("*.parquet")) and not list(study_dir.rglob("*.tmp"))
+    # space is back: --resume finishes the study
+    monkeypatch.setattr(parquet.pq, "write_table", real)
+    assert main(["study", "run", str(study_yaml), "--resume", "--no-live"]) == 0
+    rows = _rows(study_dir)
+    assert len(rows) == 2 and {r["status"] for r in rows.values()} == {"completed"}
+    trials = _optuna_trials(study_dir, "full")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2

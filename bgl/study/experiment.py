@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bgl.results.parquet import ResultsWriteError
 from bgl.study.reconcile import reconcile
 from bgl.study.schema import StudyConfig
 
@@ -128,8 +129,28 @@ def fit_experiment(
                 checkpoint_config=checkpoint_config(study, tune),
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as exc:  # noqa: BLE001 - Tune wraps a callback's error in a TuneError
+        storage = _results_write_error(exc)
+        if storage is not None:
+            raise storage from None
+        raise
     return True
+
+
+def _results_write_error(exc: BaseException) -> ResultsWriteError | None:
+    """The ResultsWriteError behind `exc` (a chained cause, or the traceback text Tune wraps)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ResultsWriteError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    marker = f"{ResultsWriteError.__module__}.{ResultsWriteError.__name__}: "
+    for line in str(exc).splitlines():
+        if marker in line:
+            return ResultsWriteError(line.split(marker, 1)[1].strip())
+    return None
 
 
 def trial_resources(study: StudyConfig) -> dict[str, float]:
