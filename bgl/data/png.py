@@ -7,15 +7,14 @@ for better compression), IEND.
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from bgl.data.errors import DataError
+from bgl.results.parquet import write_bytes
 
 __all__ = ["png_size", "read_png", "write_png"]
 
@@ -64,12 +63,6 @@ def read_png(path: str | Path, mode: str = "RGB") -> np.ndarray:
     raise ValueError(f"mode must be 'RGB' or 'label'; got {mode!r}")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -100,15 +93,4 @@ def write_png(path: str | Path, image: np.ndarray, level: int = 6) -> Path:
         + _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), level))
         + _chunk(b"IEND", b"")
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a picture should not be
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, data)

@@ -62,20 +62,24 @@ def write_table(table: pa.Table, path: str | Path) -> Path:
     return path
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a small text file atomically (a temporary name, then a rename)."""
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write a file atomically (a temporary name, then a rename), readable like any result."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         _discard(tmp)
         raise
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode())
 
 
 def _discard(tmp: str | None) -> None:
