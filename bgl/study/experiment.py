@@ -39,6 +39,8 @@ def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | No
             os.environ.get("RAY_AUTH_TOKEN") or token.exists()
         ):
             os.environ["RAY_AUTH_MODE"] = "token"
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            _refresh_ray_config()
         ray.init(address=address, log_to_driver=False)
         return True
     os.environ.pop("RAY_ADDRESS", None)  # a set RAY_ADDRESS would attach instead of starting
@@ -51,6 +53,16 @@ def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | No
         log_to_driver=False,
     )
     return True
+
+
+def _refresh_ray_config() -> None:
+    """Ray reads RAY_AUTH_MODE into a per-process config the first time ray is imported; in a
+    process that imported ray before the variable was set (a notebook, a test session) the old
+    mode would stay and the cluster would refuse the driver. Ray refreshes it the same way when
+    it turns token mode on itself."""
+    from ray._raylet import Config
+
+    Config.initialize("")
 
 
 @contextmanager
