@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from bgl.bench.faults import kill_holder
 from bgl.cli import main
+from bgl.study.faults import FAULT_DIR_ENV, FAULT_HOLD_ENV
 from tests.conftest import TINY_STUDY_BASE as BASE
 
 pytestmark = pytest.mark.slow
@@ -40,7 +44,7 @@ def _rows(folder: Path, table: str) -> list[dict]:
     ]
 
 
-def test_study_records_completed_and_diverged_trials(tmp_path):
+def test_study_records_completed_and_diverged_trials(tmp_path, monkeypatch):
     path = _write_study(
         tmp_path,
         workers=2,
@@ -54,10 +58,29 @@ def test_study_records_completed_and_diverged_trials(tmp_path):
             {"solver.name": "ibgl", "optim.upper_lr": 1.0e12, "solver.k": 2},
         ],
     )
+    # rank 0 of the first trial's two Ray Train workers is killed after its first checkpoint:
+    # FailureConfig restarts the worker group from it
+    markers = tmp_path / "markers"
+    monkeypatch.setenv(FAULT_DIR_ENV, str(markers))
+    monkeypatch.setenv(FAULT_HOLD_ENV, "report:1")
+    killer = threading.Thread(target=kill_holder, args=(markers, "report:1"), daemon=True)
+    killer.start()
     assert main(["study", "run", str(path), "--no-live"]) == 0
+    killer.join(timeout=1)
     folder = tmp_path / "results" / "tiny"
     rows = {r["solver"]: r for r in _rows(folder, "trials")}
     assert set(rows) == {"naive", "ibgl"}
+    starts = Counter(p.name.split(".", 2)[2] for p in markers.glob("start.*"))
+    naive_run = f"tiny-{rows['naive']['trial_id']}"
+    assert starts[naive_run] == 2  # started, a worker killed, restarted from the checkpoint
+    naive_id = rows["naive"]["trial_id"]
+    (naive_history,) = [p for p in _rows(folder, "history") if p[0]["trial_id"] == naive_id]
+    keys = [(h["step"], h["kind"]) for h in naive_history]
+    assert len(keys) == len(set(keys))  # every step once
+    assert {h["step"] for h in naive_history if h["kind"] == "eval"} == {0, 2, 4}
+    # the default `checkpoints: {keep: 1, score: true}` keeps the best and the last
+    kept = list((folder / "train").glob(f"train-{naive_id}/checkpoint_*"))
+    assert 1 <= len([p for p in kept if p.is_dir()]) <= 2
     assert rows["naive"]["status"] == "completed" and rows["naive"]["psnr"] > 0
     assert rows["naive"]["param.solver.k"] is None  # conditional: null where it does not apply
     assert rows["ibgl"]["param.solver.k"] == 2

@@ -149,6 +149,20 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def kill_holder(fault_dir: Path, hold: str, timeout: float = 240.0) -> int:
+    """Wait for the process holding at fault point `hold` ("event:n") and SIGKILL that process
+    alone (a Ray Train worker, a trial process); returns its pid."""
+    marker = fault_dir / f"hold.{hold.replace(':', '.')}"
+    deadline = time.monotonic() + timeout
+    while not (marker.exists() and marker.read_text()):  # the pid is written right after
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing reached fault point {hold} in {timeout:.0f} s")
+        time.sleep(0.05)
+    pid = int(marker.read_text())
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def hold_point(point: str, fault_dir: Path, rows: int, num_samples: int) -> tuple[str, int]:
     """The fault marker ("event:n") that pins `point`, and the rows that must exist by then."""
     count = lambda event: occurrences(fault_dir, event)  # noqa: E731
