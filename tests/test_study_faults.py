@@ -94,6 +94,8 @@ def test_driver_killed_at_four_moments_resumes_to_the_end(tmp_path):
     # extending the finished study: more trials on the same Optuna study, into the same tables
     assert main(["study", "run", str(study_yaml), "--extend", "1", "--no-live"]) == 0
     assert len(_rows(study_dir)) == n + 1 and (study_dir / "tune-ext1").is_dir()
+    (summary,) = optuna.get_all_study_summaries(open_journal(study_dir))  # one Optuna study
+    assert summary.study_name == "faults"
     trials = _optuna_trials(study_dir, "faults")
     assert [t.state for t in trials] == [TrialState.COMPLETE] * (n + 1)
     for name, seen in first_seen.items():
