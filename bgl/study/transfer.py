@@ -53,10 +53,6 @@ def trial_setup(
     return study.transfer_trial(identity, trial_name)
 
 
-def generators_dir(study: StudyConfig) -> Path:
-    return study.generators_dir
-
-
 # -- running ----------------------------------------------------------------------------------
 
 
@@ -115,7 +111,7 @@ def _run_stage(
 
     trials = spec.trials(stage)
     if stage == "target":
-        ready = generators_dir(study)
+        ready = study.generators_dir
         missing = [t for t in trials if not generator_path(ready, t.model).exists()]
         for model in dict.fromkeys(t.model for t in missing):
             log.warning(
