@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from bgl.solvers import SOLVER_NAMES, check_settings
+
 
 class ConfigError(ValueError):
     """A configuration problem, always naming the offending key."""
@@ -57,10 +59,18 @@ class DataConfig:
 
 @dataclass
 class SolverConfig:
-    name: str = "ibgl"  # naive | tbgl | ibgl
-    k: int = 1  # lower steps per upper step (IBGL only; naive and TBGL take one)
+    """`bgl.solvers.registry` says which solver reads which key (`bgl solvers` lists them)."""
+
+    name: str = "ibgl"  # naive | tbgl | ibgl | aid
+    k: int = 1  # lower steps per upper step (IBGL and AID; naive and TBGL take one)
     delta: float = 0.01  # TBGL finite-difference radius: ε = delta / ‖v‖
     eps: float = 1e-12  # IBGL denominator guard
+    relative_damping: float = 0.0  # IBGL: ρ‖∇θL_F‖² in the denominator (0: the paper's Eq. 9)
+    method: str = "cg"  # AID: cg | neumann
+    iterations: int = 10  # AID: curvature products per upper step
+    damping: float = 0.0  # AID: Tikhonov λ in (H + λI) u = ∇θL_F
+    curvature: str = "hessian"  # AID: hessian | gauss_newton
+    neumann_step: float = 1.0  # AID with method neumann: the series' step α
 
 
 @dataclass
@@ -108,21 +118,14 @@ class RunConfig:
         return flatten(self.to_dict())
 
 
-SOLVER_NAMES = ("naive", "tbgl", "ibgl")
-
-
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that a type alone cannot express."""
+    if cfg.solver.name not in SOLVER_NAMES:
+        raise ConfigError(f"solver.name: must be one of {', '.join(SOLVER_NAMES)}")
+    broken = check_settings(cfg.solver.name, dataclasses.asdict(cfg.solver))
+    if broken is not None:
+        raise ConfigError(f"solver.{broken[0]}: must be {broken[1]}")
     checks = [
-        ("solver.name", cfg.solver.name in SOLVER_NAMES, f"one of {', '.join(SOLVER_NAMES)}"),
-        ("solver.k", cfg.solver.k >= 1, "at least 1"),
-        (
-            "solver.k",
-            cfg.solver.k == 1 or cfg.solver.name == "ibgl",
-            "1 unless solver.name is ibgl (naive and TBGL take one lower step)",
-        ),
-        ("solver.delta", cfg.solver.delta > 0, "positive"),
-        ("solver.eps", cfg.solver.eps >= 0, "non-negative"),
         ("optim.optimizer", cfg.optim.optimizer in ("adam", "sgd"), "adam or sgd"),
         ("optim.schedule", cfg.optim.schedule in ("cosine", "constant"), "cosine or constant"),
         ("optim.upper_lr", cfg.optim.upper_lr > 0, "positive"),

@@ -111,11 +111,20 @@ def test_evaluate_contract_and_eval_mode_restored():
     assert metrics == task.evaluate(upper, lower, batches)
 
 
-@pytest.mark.parametrize("solver", ["naive", "tbgl", "ibgl"])
+@pytest.mark.parametrize(
+    "solver",
+    [
+        {"name": "naive", "k": 1},
+        {"name": "tbgl", "k": 1},
+        {"name": "ibgl", "k": 2},
+        {"name": "aid", "k": 2, "iterations": 2, "curvature": "gauss_newton", "damping": 0.01},
+    ],
+    ids=lambda s: s["name"],
+)
 def test_trainer_runs_every_solver(tiny_config, solver):
     cfg = _detect_config(
         tiny_config,
-        solver={"name": solver, "k": 2 if solver == "ibgl" else 1},
+        solver=solver,
         train={"warm_steps": 1, "steps": 2, "eval_every": 3, "checkpoint_every": 10},
     )
     trainer = Trainer(cfg)

@@ -6,9 +6,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bgl.solvers import hypergradient
+from bgl.solvers import SOLVER_NAMES, hypergradient
 from bgl.train.distributed import allreduce_mean, default_reduce
 from tests.bilevel_problems import mlp_problem
+
+AID = {"iterations": 3, "damping": 0.1}
 
 
 def _problem():
@@ -25,7 +27,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         problem, train, val = _problem()
         assert default_reduce() is allreduce_mean
         results = {}
-        for solver in ("naive", "tbgl", "ibgl"):
+        for solver in SOLVER_NAMES:
             results[solver] = hypergradient(
                 solver,
                 problem,
@@ -33,6 +35,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
                 _shard(val, rank, world),
                 lower_lr=0.3,
                 delta=1e-3,
+                **AID,
                 reduce=default_reduce(),
             )
         if rank == 0:
@@ -46,8 +49,9 @@ def test_two_workers_equal_one_worker_on_concatenated_batch(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
     two = torch.load(out, weights_only=True)
     problem, train, val = _problem()
-    for solver in ("naive", "tbgl", "ibgl"):
-        one = hypergradient(solver, problem, train, val, lower_lr=0.3, delta=1e-3)
+    assert set(two) == set(SOLVER_NAMES)
+    for solver in SOLVER_NAMES:
+        one = hypergradient(solver, problem, train, val, lower_lr=0.3, delta=1e-3, **AID)
         for a, b in zip(two[solver], one, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     # sanity: a single shard alone gives a different answer, so the reduce mattered

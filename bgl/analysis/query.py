@@ -109,9 +109,7 @@ def open_results(results_dir: str | Path, *, sealed: bool = False) -> duckdb.Duc
     root = _results_root(results_dir)
     if not any(root.glob(f"*/{TRIALS}/*.parquet")):
         raise StudyNotFoundError(f"no study results under {root} (no */{TRIALS}/*.parquet)")
-    return _connect(
-        root / "*" / TRIALS / "*.parquet", root / "*" / HISTORY / "*.parquet", sealed
-    )
+    return _connect(root / "*" / TRIALS / "*.parquet", root / "*" / HISTORY / "*.parquet", sealed)
 
 
 def _connect(

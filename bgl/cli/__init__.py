@@ -57,4 +57,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, RunExistsError, ResultsWriteError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-

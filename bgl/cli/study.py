@@ -50,5 +50,3 @@ def study_run_command(args: argparse.Namespace) -> int:
     show = "show transfer" if study.transfer is not None else "show"
     console.print(f"results: {folder} (bgl results {show} {study.name})")
     return 0
-
-

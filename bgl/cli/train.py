@@ -19,7 +19,6 @@ def add_train_command(subparsers: Any) -> None:
     p.set_defaults(func=train_command)
 
 
-
 def train_command(args: argparse.Namespace) -> int:
     from bgl.config import load
     from bgl.train.local import train_local
@@ -42,5 +41,3 @@ def train_command(args: argparse.Namespace) -> int:
         console.print(f"[red]{summary['status']}: {summary['error']}")
         return 1
     return 0
-
-

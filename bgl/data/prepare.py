@@ -26,5 +26,3 @@ def prepare_plan(dataset: str, root: Path, skip_bad: bool) -> tuple[list, Any, A
 
         return acdc_prepare_items(root, bad), decode_acdc(root), bad
     raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(REAL_DATASETS)}")
-
-

@@ -31,6 +31,10 @@ class BilevelProblem:
     vector-Jacobian product with the loss's gradient at F's output: TBGL's two finite-difference
     passes share one F forward and one F backward, and no pass needs a second ω-sized gradient.
     Unset, a loss may use `upper` in any way and ω's gradients come from the loss directly.
+
+    `lower_prediction` and `lower_criterion` (optional, together) split L_G into G's outputs and
+    the criterion on them, `lower_loss(F, G, b) == lower_criterion(lower_prediction(F, G, b), b)`:
+    what Gauss-Newton curvature (Jᵀ ∇²ℓ J) needs.
     """
 
     upper: nn.Module
@@ -38,6 +42,8 @@ class BilevelProblem:
     lower_loss: LossFn
     upper_loss: LossFn
     upper_input: Callable[[Any], torch.Tensor] | None = None
+    lower_prediction: Callable[[nn.Module, nn.Module, Any], tuple[torch.Tensor, ...]] | None = None
+    lower_criterion: Callable[[tuple[torch.Tensor, ...], Any], torch.Tensor] | None = None
 
     def upper_params(self) -> list[nn.Parameter]:
         return list(self.upper.parameters())
@@ -46,7 +52,7 @@ class BilevelProblem:
         return list(self.lower.parameters())
 
 
-class _Pinned(nn.Module):
+class Pinned(nn.Module):
     """Stands in for F inside a loss: returns F's precomputed output for the input it came from."""
 
     def __init__(self, inp: torch.Tensor, out: torch.Tensor) -> None:
@@ -101,7 +107,7 @@ def loss_pass(
     else:
         leaf = upper_out[0].detach().requires_grad_(upper_out_grad)
         wrt = [leaf] if upper_out_grad else []
-        loss = loss_fn(_Pinned(problem.upper_input(batch), leaf), problem.lower, batch)
+        loss = loss_fn(Pinned(problem.upper_input(batch), leaf), problem.lower, batch)
     g = grads(loss, th + wrt)
     return LossPass(loss.detach(), g[: len(th)], g[len(th) :])
 
@@ -146,13 +152,24 @@ def identity_reduce(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def grads(
-    loss: torch.Tensor, params: Sequence[torch.Tensor], *, retain_graph: bool = False
+    loss: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    *,
+    retain_graph: bool = False,
+    create_graph: bool = False,
 ) -> Grads:
-    """d loss / d params; zeros for parameters the loss does not reach or that are frozen."""
+    """d loss / d params; zeros for parameters the loss does not reach or that are frozen.
+    `create_graph` keeps a graph of the gradients themselves (for second-order products)."""
     _check_scalar(loss)
     wanted = [p for p in params if p.requires_grad]
     found = (
-        torch.autograd.grad(loss, wanted, allow_unused=True, retain_graph=retain_graph)
+        torch.autograd.grad(
+            loss,
+            wanted,
+            allow_unused=True,
+            retain_graph=retain_graph or create_graph,
+            create_graph=create_graph,
+        )
         if wanted
         else ()
     )

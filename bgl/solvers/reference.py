@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from bgl.solvers import linear
 from bgl.solvers.problem import (
     BilevelProblem,
     Grads,
@@ -60,34 +61,18 @@ def hessian_vector_product(
 def conjugate_gradient(
     matvec: Callable[[Vector], Vector], b: Vector, *, tol: float, max_iter: int
 ) -> tuple[Vector, float, int]:
-    """Solve A x = b for symmetric positive definite A; (x, relative residual, iterations)."""
-    x = [torch.zeros_like(t) for t in b]
-    r = [t.clone() for t in b]
-    p = [t.clone() for t in b]
-    b_norm = float(dot(b, b).sqrt())
-    if b_norm == 0:
-        return x, 0.0, 0
-    rr = dot(r, r)
-    iters = 0
-    while iters < max_iter:
-        iters += 1
-        ap = matvec(p)
-        curvature = dot(p, ap)
-        if curvature <= 0:
-            raise ValueError(
-                "the lower-level Hessian is not positive definite at θ* (CG met curvature "
-                f"{float(curvature):.3g}); the reference needs a strongly convex lower level"
-            )
-        alpha = rr / curvature
-        x = [xi + alpha * pi for xi, pi in zip(x, p)]
-        r = [ri - alpha * api for ri, api in zip(r, ap)]
-        rr_new = dot(r, r)
-        if float(rr_new.sqrt()) <= tol * b_norm:
-            rr = rr_new
-            break
-        p = [ri + (rr_new / rr) * pi for ri, pi in zip(r, p)]
-        rr = rr_new
-    return x, float(rr.sqrt()) / b_norm, iters
+    """Solve A x = b for symmetric positive definite A; (x, relative residual, iterations).
+    An indefinite A is an error here: the reference needs a strongly convex lower level."""
+    try:
+        solve = linear.conjugate_gradient(
+            matvec, b, max_iter=max_iter, tol=tol, raise_on_nonpositive=True
+        )
+    except linear.NonPositiveCurvature as exc:
+        raise ValueError(
+            f"the lower-level Hessian is not positive definite at θ* ({exc}); the reference "
+            "needs a strongly convex lower level"
+        ) from None
+    return solve.solution, solve.residual, solve.products
 
 
 def solve_lower(

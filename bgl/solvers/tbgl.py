@@ -8,6 +8,13 @@
 The bracket approximates ∇²_{ωθ} L_G · v, the term an exact differentiation through the unrolled
 step would give. Perturbations are applied to θ (not θ') in place and undone on exit.
 
+Reading of Eq. 5: the paper prints θ± = θ ± δ ∇_θ L_G, which would difference ∇_ω L_G along the
+lower gradient and approximate ∇²_{ωθ} L_G ∇_θ L_G, not the chain-rule term ∇²_{ωθ} L_G v. bgl
+perturbs along v = ∇_θ' L_F, as DARTS (Liu et al. 2019, Eq. 8) does; the test against autograd
+through the unrolled step pins this reading. η is the *scheduled* lower learning rate of the
+step, while the loop's real lower step is taken by the configured optimiser (Adam by default):
+the unrolled step models plain SGD, exactly so only with `optim.optimizer: sgd` (momentum 0).
+
 Passes: θ' comes from a pass with ω frozen (F's forward builds no graph); v and ∇_ω L_F(ω, θ')
 from one pass on the validation batch. With `problem.upper_input` set, the two finite-difference
 terms share one F forward on the training batch: G runs at θ ± εv on the same F output, their
@@ -23,6 +30,7 @@ from typing import Any
 
 import torch
 
+from bgl.solvers.health import lower_health
 from bgl.solvers.problem import (
     BilevelProblem,
     Grads,
@@ -46,8 +54,13 @@ def tbgl_hypergradient(
     lower_lr: float,
     delta: float,
     reduce: Reduce | None = None,
+    diagnostics: dict[str, float] | None = None,
 ) -> Grads:
-    """Eq. 5 of the paper; one tensor per parameter of `problem.upper`."""
+    """Eq. 5 of the paper; one tensor per parameter of `problem.upper`.
+
+    `diagnostics`, when given, receives the lower level's health from the two θ-gradients this
+    solver has: ∇_θ L_G at θ and v = ∇_θ' L_F at the unrolled θ'.
+    """
     if lower_lr < 0 or delta <= 0:
         raise ValueError(f"need lower_lr >= 0 and delta > 0, got {lower_lr=}, {delta=}")
     reduce = reduce or identity_reduce
@@ -62,12 +75,16 @@ def tbgl_hypergradient(
             step = loss_pass(
                 problem, problem.lower_loss, train_batch, upper_out, upper_out_grad=False
             )
-            theta_prime = [t - lower_lr * g for t, g in zip(theta0, reduce(step.theta))]
+            g_theta = reduce(step.theta)
+            theta_prime = [t - lower_lr * g for t, g in zip(theta0, g_theta)]
             del step
         set_params(theta, theta_prime)
         upper_out = upper_output(problem, val_batch)
         _, v, cotangent = loss_pass(problem, problem.upper_loss, val_batch, upper_out)
         v = reduce(v)
+        if diagnostics is not None:
+            diagnostics.update(lower_health(v, g_theta))
+        del g_theta
         hyper = omega_grads(problem, upper_out, cotangent)  # ∇_ω L_F(ω, θ')
         del upper_out, cotangent
         v_norm = norm(v)

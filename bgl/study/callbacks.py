@@ -53,9 +53,7 @@ class ParquetResults(Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         error = error_text(trial)
-        if self.record(
-            trial.trial_id, dict(trial.last_result or {}), trial.config, "error", error
-        ):
+        if self.record(trial.trial_id, dict(trial.last_result or {}), trial.config, "error", error):
             log.warning(
                 "trial %s failed: %s", trial.trial_id, error.splitlines()[-1] if error else ""
             )

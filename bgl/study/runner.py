@@ -17,6 +17,7 @@ from bgl.study.schema import StudyConfig
 
 log = logging.getLogger(__name__)
 
+
 def build_searcher(study: StudyConfig, target: int) -> Any:
     """The study's searcher: Optuna on the study's journal, `target` trials in all."""
     import optuna
@@ -140,9 +141,10 @@ def _extend(study: StudyConfig, extra: int, live: bool) -> None:
 
 def _next_name(study: StudyConfig, plan: Plan, kind: str) -> str:
     n = 1
-    while f"{TUNE_DIR}-{kind}{n}" in plan.experiments or (
-        study.study_dir / f"{TUNE_DIR}-{kind}{n}"
-    ).exists():
+    while (
+        f"{TUNE_DIR}-{kind}{n}" in plan.experiments
+        or (study.study_dir / f"{TUNE_DIR}-{kind}{n}").exists()
+    ):
         n += 1
     name = f"{TUNE_DIR}-{kind}{n}"
     plan.experiments.append(name)

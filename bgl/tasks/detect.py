@@ -128,7 +128,18 @@ class DetectTask(Task):
 
     def lower_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """L_G(ω, θ): the multibox loss on a training batch."""
-        return self.multibox(self.outputs(upper, lower, batch)[1], batch)
+        return self.lower_criterion(self.lower_prediction(upper, lower, batch), batch)
+
+    def lower_prediction(
+        self, upper: nn.Module, lower: nn.Module, batch: Batch
+    ) -> tuple[torch.Tensor, ...]:
+        """DSFD's outputs (box offsets, logits and anchors of both shots) as a tuple."""
+        return tuple(self.outputs(upper, lower, batch)[1])
+
+    def lower_criterion(self, prediction: tuple[torch.Tensor, ...], batch: Batch) -> torch.Tensor:
+        """The multibox loss of `lower_prediction` (smooth L1 + cross-entropy: convex in the
+        outputs for a fixed matching, so Gauss-Newton is PSD)."""
+        return self.multibox(DSFDOutput(*prediction), batch)
 
     def upper_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """L_F(ω, θ): the multibox loss on a validation batch (+ l1_weight * L1(F(raw), rgb))."""

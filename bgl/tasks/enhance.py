@@ -199,7 +199,19 @@ class EnhanceTask(Task):
 
     def lower_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """L_G(ω, θ): SCI's self-supervised illumination loss; depends on ω through x = F(raw)."""
+        return self.lower_criterion(self.lower_prediction(upper, lower, batch), batch)
+
+    def lower_prediction(
+        self, upper: nn.Module, lower: nn.Module, batch: Batch
+    ) -> tuple[torch.Tensor, ...]:
+        """What L_G's criterion reads: (x01, L), G's input and its illumination map."""
         _, x01, illumination, _ = self.outputs(upper, lower, batch)
+        return x01, illumination
+
+    def lower_criterion(self, prediction: tuple[torch.Tensor, ...], batch: Batch) -> torch.Tensor:
+        """L_G from `lower_prediction` (Gauss-Newton curvature needs the split)."""
+        del batch
+        x01, illumination = prediction
         return self._lower_from(x01, illumination)
 
     def upper_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:

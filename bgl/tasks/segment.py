@@ -144,8 +144,17 @@ class SegmentTask(Task):
 
     def lower_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """L_G(ω, θ): pixel cross-entropy on a training batch."""
-        *_, logits = self.outputs(upper, lower, batch)
-        return segmentation_loss(logits, batch["labels"])
+        return self.lower_criterion(self.lower_prediction(upper, lower, batch), batch)
+
+    def lower_prediction(
+        self, upper: nn.Module, lower: nn.Module, batch: Batch
+    ) -> tuple[torch.Tensor, ...]:
+        """G's logits (what L_G's criterion reads)."""
+        return (self.outputs(upper, lower, batch)[-1],)
+
+    def lower_criterion(self, prediction: tuple[torch.Tensor, ...], batch: Batch) -> torch.Tensor:
+        """Pixel cross-entropy of `lower_prediction` (convex in the logits: Gauss-Newton is PSD)."""
+        return segmentation_loss(prediction[0], batch["labels"])
 
     def upper_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """L_F(ω, θ): the same cross-entropy on a validation batch."""

@@ -16,6 +16,7 @@ bilevel-phase step is one lower step on L_G (no hypergradient, no upper optimise
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -31,11 +32,12 @@ from bgl.data.splits import build_splits
 from bgl.data.stream import BatchStream, sequential_batches
 from bgl.models.generator import build_generator
 from bgl.results.provenance import git_commit, library_versions
-from bgl.solvers import BilevelProblem, Grads, Reduce, hypergradient, identity_reduce
+from bgl.solvers import BilevelProblem, Grads, Reduce, get_solver, identity_reduce
 from bgl.solvers.problem import grad_disabled, grads, loss_pass, upper_output
 from bgl.tasks import build_task
 from bgl.train.checkpoint import load_checkpoint, save_checkpoint
 from bgl.train.device import device_description, peak_memory_bytes, resolve_device
+from bgl.train.health import HealthMonitor
 from bgl.train.schedule import build_optimizer, learning_rate, set_lr
 
 
@@ -90,7 +92,11 @@ class Trainer:
             self.task.lower_loss,
             self.task.upper_loss,
             upper_input=self.task.upper_input,
+            lower_prediction=getattr(self.task, "lower_prediction", None),
+            lower_criterion=getattr(self.task, "lower_criterion", None),
         )
+        self.solver = get_solver(cfg.solver.name)
+        self.health = HealthMonitor()
         splits = splits if splits is not None else build_splits(cfg.data)
         d = cfg.data
         self.train_stream = BatchStream(
@@ -183,45 +189,49 @@ class Trainer:
         val_batch: dict,
         lower_lr: float,
         train_upper_out: list[torch.Tensor] | None = None,
-    ) -> float:
-        s = self.cfg.solver
-        h = hypergradient(
-            s.name,
+    ) -> dict[str, float]:
+        """The solver's hypergradient and one upper optimiser step; its norm and the lower
+        level's health (where the solver reports it)."""
+        diagnostics: dict[str, float] = {}
+        h = self.solver.hypergradient(
             self.problem,
             train_batch,
             val_batch,
-            lower_lr=lower_lr,
-            delta=s.delta,
-            eps=s.eps,
+            dataclasses.asdict(self.cfg.solver),
             reduce=self.reduce,
+            lower_lr=lower_lr,
             train_upper_out=train_upper_out,
+            diagnostics=diagnostics,
         )
         del train_upper_out
         h_norm = torch.stack([g.norm() for g in h]).norm()
-        self._check_finite(h_norm, f"{s.name} hypergradient")
+        self._check_finite(h_norm, f"{self.solver.name} hypergradient")
         _apply(list(self.upper.parameters()), h)
         del h
         _step(self.upper_opt)
-        return h_norm.item()
+        self.health.observe(diagnostics, self.step)
+        return {"hypergrad_norm": h_norm.item(), **diagnostics}
 
     def bilevel_step(self, lower_lr: float) -> dict[str, float]:
-        s = self.cfg.solver
         if self.frozen:  # F fixed: the lower problem alone, one step at a time
             return {"lower_loss": self.lower_step(next(self.train_stream))[0]}
-        if s.name == "tbgl":
+        solver = self.solver
+        if solver.unrolled:  # DARTS' order: hypergradient at the current θ, then the step
             train_batch, val_batch = next(self.train_stream), next(self.val_stream)
-            h_norm = self.upper_step(train_batch, val_batch, lower_lr)
+            info = self.upper_step(train_batch, val_batch, lower_lr)
             lower, _ = self.lower_step(train_batch)
         else:
             upper_out = None
-            for i in range(s.k):
+            steps = self.cfg.solver.k if solver.takes_k else 1
+            for i in range(steps):
                 train_batch = next(self.train_stream)
-                # IBGL reuses F's output on its last training batch (ω is unchanged until then)
-                keep = s.name == "ibgl" and i == s.k - 1
+                # F's output on the last training batch is reused where the solver takes it
+                # (ω is unchanged until the upper step)
+                keep = "train_upper_out" in solver.context and i == steps - 1
                 lower, upper_out = self.lower_step(train_batch, keep_upper_out=keep)
-            h_norm = self.upper_step(train_batch, next(self.val_stream), lower_lr, upper_out)
+            info = self.upper_step(train_batch, next(self.val_stream), lower_lr, upper_out)
             del upper_out
-        return {"lower_loss": lower, "hypergrad_norm": h_norm}
+        return {"lower_loss": lower, **info}
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value).all():
@@ -326,6 +336,7 @@ class Trainer:
             "steps": self.step,
             "final": metrics,
             "best": dict(self.best),
+            "health_warning": self.health.warning,
             "wall_time_s": self.elapsed_s,
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "device": device_description(self.device),
@@ -358,6 +369,7 @@ class Trainer:
             "best": self.best,
             "config": self.cfg.to_dict(),
             "torch_rng": torch.get_rng_state(),
+            "health": self.health.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -370,6 +382,7 @@ class Trainer:
         self.step, self.elapsed_s = int(state["step"]), float(state["elapsed_s"])
         self.history, self.best = list(state["history"]), dict(state["best"])
         torch.set_rng_state(state["torch_rng"])
+        self.health.load_state_dict(state.get("health") or {})
 
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(self.state_dict(), path)

@@ -1,0 +1,43 @@
+"""IBGL's coefficient and the lower level's health, from two θ-gradients every solver has.
+
+Eq. 9 scales ∇_ω L_G by c = (∇_θ L_F · g) / (‖g‖² + eps), g = ∇_θ L_G. Both rank-one models in
+Eq. 9 vanish at θ* (∇²_{ωθ} is O(‖g‖), ∇²_{θθ} is O(‖g‖²)), so as the lower level converges c grows
+like cos · ‖∇_θ L_F‖ / ‖g‖ and IBGL's update is dominated by ∇_ω L_G; where L_F and L_G have the
+same form, cos ≈ 1 and c ≈ 1, and IBGL nearly cancels ∇_ω L_F. The three numbers below make both
+visible per upper step.
+
+Relative damping ρ adds ρ‖∇_θ L_F‖² to the denominator: then |c| <= 1 / (2√ρ) whatever ‖g‖
+(by AM-GM, ‖g‖² + ρ‖f‖² >= 2√ρ ‖f‖‖g‖), and c -> 0 as g -> 0 instead of exploding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bgl.solvers.problem import Grads, dot
+
+HEALTH_KEYS = ("lower_grad_norm", "upper_lower_cos", "ibgl_coef")
+
+
+def ibgl_coefficient(
+    f_theta: Grads, g_theta: Grads, *, eps: float = 1e-12, relative_damping: float = 0.0
+) -> torch.Tensor:
+    """c = (f·g) / (g·g + ρ f·f + eps), detached; f = ∇_θ L_F, g = ∇_θ L_G."""
+    damping = relative_damping * dot(f_theta, f_theta) if relative_damping else 0.0
+    return (dot(f_theta, g_theta) / (dot(g_theta, g_theta) + damping + eps)).detach()
+
+
+def lower_health(
+    f_theta: Grads, g_theta: Grads, *, eps: float = 1e-12, relative_damping: float = 0.0
+) -> dict[str, float]:
+    """‖∇_θ L_G‖, cos(∇_θ L_F, ∇_θ L_G) and IBGL's coefficient, as floats."""
+    ff, gg, fg = (
+        float(dot(a, b)) for a, b in ((f_theta, f_theta), (g_theta, g_theta), (f_theta, g_theta))
+    )
+    denom = (ff * gg) ** 0.5
+    coef = ibgl_coefficient(f_theta, g_theta, eps=eps, relative_damping=relative_damping)
+    return {
+        "lower_grad_norm": gg**0.5,
+        "upper_lower_cos": fg / denom if denom > 0 else 0.0,
+        "ibgl_coef": float(coef),
+    }
