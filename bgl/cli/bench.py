@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from bgl.cli.args import add_output_dir, add_size_arguments, console, error
+from bgl.solvers import SOLVER_NAMES
 
 
 def add_bench_commands(subparsers: Any) -> None:
@@ -44,7 +45,7 @@ def add_bench_commands(subparsers: Any) -> None:
     b.set_defaults(func=_bench_fidelity)
     b = bsub.add_parser("scaling", help="1 vs N gloo workers; --develop: full-frame develop")
     add_size_arguments(b, crop=128, batch_size=2, width=32, lower_width=16, batch_help="per worker")
-    b.add_argument("--solver", default="ibgl", choices=("naive", "tbgl", "ibgl"))
+    b.add_argument("--solver", default="ibgl", choices=SOLVER_NAMES)
     b.add_argument("--workers", type=int, default=2, help="compared against 1 worker")
     b.add_argument("--threads", type=int, default=2, help="in total, split between workers")
     b.add_argument("--threads-per-worker", type=int, default=0, help="fix instead of split")
@@ -258,7 +259,7 @@ def add_data_bench_command(bench_subparsers: Any) -> argparse.ArgumentParser:
     b.add_argument("--width", type=int, default=d.width, help="generator width of the step")
     b.add_argument("--lower-width", type=int, default=d.lower_width)
     b.add_argument("--batch-size", type=int, default=d.batch_size)
-    b.add_argument("--solver", default=d.solver, choices=("naive", "tbgl", "ibgl"))
+    b.add_argument("--solver", default=d.solver, choices=SOLVER_NAMES)
     b.add_argument("--no-step", action="store_true", help="skip timing the training step")
     b.add_argument("--device", default=d.device)
     b.add_argument("--workdir", default=None, help="where to write the files (default: a temp dir)")
