@@ -56,3 +56,25 @@ class Vec(nn.Module):
     def __init__(self, value: torch.Tensor) -> None:
         super().__init__()
         self.p = nn.Parameter(value.clone())
+
+
+def quadratic_problem(seed=0, n=4, m=3):
+    """L_G = ½θᵀAθ − θᵀBω + ½cωᵀω (A SPD), L_F = ½‖θ − t‖² + ½λ‖ω‖²; (problem, constants)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, n, generator=g, dtype=DT)
+    a = q @ q.T + n * torch.eye(n, dtype=DT)
+    b = torch.randn(n, m, generator=g, dtype=DT)
+    t = torch.randn(n, generator=g, dtype=DT)
+    lam, c = 0.3, 0.7
+    omega = torch.randn(m, generator=g, dtype=DT)
+    theta = torch.randn(n, generator=g, dtype=DT)
+
+    def lower_loss(up, lo, batch):
+        th, om = lo.p, up.p
+        return 0.5 * th @ a @ th - th @ b @ om + 0.5 * c * om @ om
+
+    def upper_loss(up, lo, batch):
+        return 0.5 * ((lo.p - t) ** 2).sum() + 0.5 * lam * (up.p**2).sum()
+
+    problem = BilevelProblem(Vec(omega), Vec(theta), lower_loss, upper_loss)
+    return problem, dict(a=a, b=b, t=t, lam=lam, c=c, omega=omega, theta=theta)

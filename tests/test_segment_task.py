@@ -19,7 +19,7 @@ from bgl.data.splits import build_splits
 from bgl.data.synthetic_street import STREET_CLASSES, SyntheticStreet
 from bgl.metrics.segmentation import IOU_KEYS
 from bgl.models.generator import build_generator
-from bgl.solvers import SOLVERS, BilevelProblem, hypergradient
+from bgl.solvers import SOLVER_NAMES, BilevelProblem, get_solver, hypergradient
 from bgl.study.schema import load_study
 from bgl.tasks import build_task
 from bgl.tasks.segment import SegmentTask, segmentation_loss
@@ -48,7 +48,7 @@ def _config(tmp_path, solver: str = "ibgl", **train):
                 "val_batch_size": 2,
                 "eval_batch_size": 4,
             },
-            "solver": {"name": solver, "k": 2 if solver == "ibgl" else 1},
+            "solver": {"name": solver, "k": 2 if get_solver(solver).takes_k else 1},
             "optim": {"optimizer": "sgd", "upper_lr": 1e-3, "lower_lr": 1e-2},
             "train": {
                 "warm_steps": 1,
@@ -165,7 +165,7 @@ def test_losses_and_evaluate_contract(street):
 # -- BatchNorm inside bilevel steps ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
 def test_hypergradient_leaves_batchnorm_statistics_alone(street, solver):
     torch.manual_seed(0)
     task = SegmentTask(width=4)
@@ -212,7 +212,7 @@ def test_trainer_steps_update_statistics_only_in_the_lower_step(tmp_path):
 # -- training --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
 def test_trainer_trains_segmentation_with_each_solver(tmp_path, solver):
     trainer = Trainer(_config(tmp_path, solver))
     summary = trainer.fit(run_dir=tmp_path / "run")

@@ -19,7 +19,7 @@ from bgl.solvers import (
     tbgl_hypergradient,
 )
 from bgl.solvers.problem import upper_output
-from tests.bilevel_problems import DT, Vec, mse_loss, nonlinear_problem
+from tests.bilevel_problems import DT, Vec, mse_loss, nonlinear_problem, quadratic_problem
 
 
 def _unrolled_reference(problem, train, val, lr):
@@ -78,32 +78,11 @@ def test_tbgl_error_shrinks_with_delta():
 # --- quadratic problem with closed forms ---------------------------------------------------
 
 
-def _quadratic(seed=0, n=4, m=3):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(n, n, generator=g, dtype=DT)
-    a = q @ q.T + n * torch.eye(n, dtype=DT)
-    b = torch.randn(n, m, generator=g, dtype=DT)
-    t = torch.randn(n, generator=g, dtype=DT)
-    lam, c = 0.3, 0.7
-    omega = torch.randn(m, generator=g, dtype=DT)
-    theta = torch.randn(n, generator=g, dtype=DT)
-
-    def lower_loss(up, lo, batch):
-        th, om = lo.p, up.p
-        return 0.5 * th @ a @ th - th @ b @ om + 0.5 * c * om @ om
-
-    def upper_loss(up, lo, batch):
-        return 0.5 * ((lo.p - t) ** 2).sum() + 0.5 * lam * (up.p**2).sum()
-
-    problem = BilevelProblem(Vec(omega), Vec(theta), lower_loss, upper_loss)
-    return problem, dict(a=a, b=b, t=t, lam=lam, c=c, omega=omega, theta=theta)
-
-
 @pytest.mark.parametrize("delta", [1e-3, 1.0, 10.0])
-def test_tbgl_closed_form_on_quadratic(delta):
+def test_tbgl_closed_form_onquadratic_problem(delta):
     # L_G is bilinear in (θ, ω), so the central difference is exact for every δ: this pins the
     # 2ε denominator (a `/ 2 * eps` slip would be off by a factor ε²).
-    problem, k = _quadratic()
+    problem, k = quadratic_problem()
     lr = 0.05
     theta_p = k["theta"] - lr * (k["a"] @ k["theta"] - k["b"] @ k["omega"])
     expected = k["lam"] * k["omega"] + lr * k["b"].T @ (theta_p - k["t"])
@@ -111,8 +90,8 @@ def test_tbgl_closed_form_on_quadratic(delta):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_ibgl_closed_form_on_quadratic():
-    problem, k = _quadratic(seed=3)
+def test_ibgl_closed_form_onquadratic_problem():
+    problem, k = quadratic_problem(seed=3)
     th, om = k["theta"], k["omega"]
     f_theta = th - k["t"]
     g_theta = k["a"] @ th - k["b"] @ om
@@ -124,7 +103,7 @@ def test_ibgl_closed_form_on_quadratic():
 
 
 def test_ibgl_eps_guard_at_exact_lower_optimum():
-    problem, k = _quadratic(seed=4)
+    problem, k = quadratic_problem(seed=4)
     with torch.no_grad():  # θ*(ω) = A^-1 B ω makes ∇_θ L_G exactly (numerically) zero
         problem.lower.p.copy_(torch.linalg.solve(k["a"], k["b"] @ k["omega"]))
         problem.lower.p.copy_(problem.lower.p)
@@ -204,7 +183,7 @@ def test_no_side_effects(solver):
 def test_reduce_is_applied_to_every_gradient():
     # a reduce that doubles (like summing two identical workers): IBGL's coefficient is
     # scale-free, so the result doubles; TBGL sees a doubled step and a doubled v
-    problem, k = _quadratic(seed=7)
+    problem, k = quadratic_problem(seed=7)
     calls = []
 
     def double(ts):

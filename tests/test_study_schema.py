@@ -52,7 +52,7 @@ def test_quickstart_study_loads():
         ),
         (
             _study(params={"solver.k": {"type": "int", "low": 1, "high": 3, "solvers": ["tbgl"]}}),
-            "search.params.solver.k.solvers: solver.k applies to ibgl only",
+            "search.params.solver.k.solvers: solver.k applies to ibgl, aid only",
         ),
         (_study(num_samples="many"), "search.num_samples: expected a number"),
         (_study(solvers=["adam"]), "search.solvers: must be one of naive, tbgl, ibgl"),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bgl.config import ConfigError, RunConfig, choices, from_dict, reject_unknown
-from bgl.solvers import SOLVERS
+from bgl.solvers import SOLVER_NAMES, get_solver
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def parse_transfer(data: Any, base: dict[str, Any]) -> TransferSpec:
             raise ConfigError(f"transfer.{key}: required")
     spec = TransferSpec(
         source_tasks=choices(data["source_tasks"], tasks, "transfer.source_tasks"),
-        source_solvers=choices(data["source_solvers"], SOLVERS, "transfer.source_solvers"),
+        source_solvers=choices(data["source_solvers"], SOLVER_NAMES, "transfer.source_solvers"),
         target_tasks=choices(data["target_tasks"], tasks, "transfer.target_tasks"),
     )
     blocks = data.get("tasks") or {}
@@ -221,7 +221,7 @@ def layered_config(
         _validate(data, prefix)
     solver = data.setdefault("solver", {})
     solver["name"] = trial.strategy  # stage 2: the strategy that trained the frozen F
-    if trial.strategy != "ibgl" or trial.stage == "target":
+    if not get_solver(trial.strategy).takes_k or trial.stage == "target":
         solver["k"] = 1
     data["task"] = merge(data.get("task") or {}, {"name": task})
     if trial.stage == "target":

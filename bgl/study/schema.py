@@ -50,13 +50,22 @@ from bgl.config import (
     reject_unknown,
     set_path,
 )
-from bgl.solvers import SOLVERS
+from bgl.solvers import KEYS, SOLVER_NAMES, get_solver, solvers_using
 
 if TYPE_CHECKING:
     from bgl.study.design import TransferSpec
 
-# parameters that only exist for one solver (Optuna's define-by-run space makes them conditional)
-SOLVER_ONLY = {"solver.k": "ibgl", "solver.delta": "tbgl"}
+
+def solver_only(path: str) -> list[str] | None:
+    """The solvers a `solver.*` parameter applies to (Optuna's define-by-run space samples it
+    only for them), or None where every solver reads it (or it is no solver key)."""
+    prefix, _, key = path.partition(".")
+    if prefix != "solver" or key not in KEYS:
+        return None
+    users = solvers_using(key)
+    return None if len(users) == len(SOLVER_NAMES) else users
+
+
 PARAM_TYPES = ("int", "float", "categorical")
 
 
@@ -158,8 +167,8 @@ class StudyConfig:
         for path, value in params.items():
             set_path(data, path, value)
         solver = data.setdefault("solver", {})
-        if solver.get("name", "ibgl") != "ibgl":
-            solver["k"] = 1  # k is IBGL's; naive and TBGL take one lower step
+        if not get_solver(solver.get("name", "ibgl")).takes_k:
+            solver["k"] = 1  # k is for solvers taking k lower steps; the others take one
         data["name"] = trial_name or self.name
         data["output_dir"] = self.output_dir
         return from_dict(data)
@@ -287,7 +296,7 @@ def _parse_search(study: StudyConfig, search: Any) -> None:
     study.sampler_seed = None if seed is None else integer(seed, "search.seed", minimum=0)
     study.solvers = choices(
         search.get("solvers", [base.get("solver", {}).get("name", "ibgl")]),
-        SOLVERS,
+        SOLVER_NAMES,
         "search.solvers",
     )
     from bgl.tasks import TASKS
@@ -345,7 +354,7 @@ def _check_paths_exist(study: StudyConfig) -> None:
         )
         if p.type == "int":
             sample = int(sample)
-        solver = SOLVER_ONLY.get(p.path, study.solvers[0])
+        solver = (solver_only(p.path) or p.solvers or study.solvers)[0]
         try:
             study.trial_config({"solver.name": solver, p.path: sample})
         except ConfigError as exc:
@@ -354,19 +363,21 @@ def _check_paths_exist(study: StudyConfig) -> None:
 
 def _param(path: str, spec: Any) -> ParamSpec:
     key = f"search.params.{path}"
+    if spec == "default":
+        spec = _default_range(path, key)
     if not isinstance(spec, dict):
-        return ParamSpec(path, "constant", value=spec)
+        return ParamSpec(path, "constant", value=spec, solvers=solver_only(path))
     reject_unknown(
         spec, {"type", "low", "high", "log", "step", "choices", "value", "solvers"}, key + "."
     )
     solvers = spec.get("solvers")
     if solvers is not None:
-        solvers = choices(solvers, SOLVERS, key + ".solvers")
-    if path in SOLVER_ONLY:
-        only = SOLVER_ONLY[path]
-        if solvers not in (None, [only]):
-            raise ConfigError(f"{key}.solvers: {path} applies to {only} only")
-        solvers = [only]
+        solvers = choices(solvers, SOLVER_NAMES, key + ".solvers")
+    only = solver_only(path)
+    if only is not None:
+        if solvers is not None and not set(solvers) <= set(only):
+            raise ConfigError(f"{key}.solvers: {path} applies to {', '.join(only)} only")
+        solvers = solvers or only
     if "value" in spec:
         return ParamSpec(path, "constant", value=spec["value"], solvers=solvers)
     kind = spec.get("type") or ("categorical" if "choices" in spec else "float")
@@ -396,6 +407,15 @@ def _param(path: str, spec: Any) -> ParamSpec:
         step=None if step is None else number(step, key + ".step"),
         solvers=solvers,
     )
+
+
+def _default_range(path: str, key: str) -> dict[str, Any]:
+    """`solver.<name>: default`: the search range the solver registry declares for the key."""
+    prefix, _, name = path.partition(".")
+    spec = KEYS[name].search if prefix == "solver" and name in KEYS else None
+    if spec is None:
+        raise ConfigError(f"{key}: 'default' names the registry's range of a searchable solver key")
+    return dict(spec)
 
 
 def _objectives(search: dict[str, Any]) -> list[Objective]:
