@@ -22,9 +22,9 @@ def test_phases_and_history(tiny_config, solver, k):
     assert trainer.step == 7 and summary["status"] == "completed"
     evals = [r for r in trainer.history if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 2, 4, 6, 7]
-    assert [r["phase"] for r in trainer.history if r["kind"] == "train"][:3] == ["warm"] * 2 + [
-        "bilevel"
-    ]
+    # a train row carries the phase of the steps it averages: steps 1-3 warm, 4-7 bilevel
+    phases = [r["phase"] for r in trainer.history if r["kind"] == "train"]
+    assert phases == ["warm"] * 3 + ["bilevel"] * 4
     assert {"psnr", "ssim", "psnr_input"} <= set(summary["final"])
     assert summary["best"]["metric"] == "psnr"
     assert all(math.isfinite(v) for v in summary["final"].values())
@@ -39,6 +39,8 @@ def test_phases_and_history(tiny_config, solver, k):
         ("tbgl", 1, 4, 1, 4),
         # k lower steps + one ∇ L_G at the current θ, on F's output kept from the last one
         ("ibgl", 3, 4, 1, 4),
+        # the same passes for AID: every curvature product reuses the one L_G graph
+        ("aid", 3, 4, 1, 4),
     ],
 )
 def test_pass_counts_per_upper_step(

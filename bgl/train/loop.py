@@ -289,7 +289,8 @@ class Trainer:
         stop = self.total_steps if until is None else min(until, self.total_steps)
         while self.step < stop:
             up_lr, lo_lr = self._update_lrs()
-            info = self.warm_step() if self.phase == "warm" else self.bilevel_step(lo_lr)
+            phase = self.phase  # of the step taken now (a train row describes its steps)
+            info = self.warm_step() if phase == "warm" else self.bilevel_step(lo_lr)
             self.step += 1
             self.elapsed_s = time.perf_counter() - start
             for key, value in info.items():
@@ -300,7 +301,7 @@ class Trainer:
                 row = {
                     "step": self.step,
                     "kind": "train",
-                    "phase": self.phase,
+                    "phase": phase,
                     "elapsed_s": self.elapsed_s,
                     "upper_lr": up_lr,
                     "lower_lr": lo_lr,
