@@ -42,13 +42,22 @@ PARAM_TYPES = {
 NAN = math.nan
 
 
-def _history(psnr_final: float | None, steps: int = 4, diverge: bool = False) -> list[dict]:
+def _history(
+    psnr_final: float | None, steps: int = 4, diverge: bool = False, health: bool = False
+) -> list[dict]:
+    """Warm rows at step 0, bilevel rows after; `health`: the bilevel train rows also carry the
+    lower-level health columns (what tbgl, ibgl and aid report; naive does not)."""
     rows: list[dict[str, Any]] = []
     for step in range(0, steps + 1, 2):
         phase = "warm" if step < 2 else "bilevel"
         rows.append(
             {"step": step, "kind": "train", "phase": phase, "elapsed_s": step * 0.5}
             | ({"warm_loss": 1.0 / (step + 1)} if phase == "warm" else {"lower_loss": 0.3})
+            | (
+                {"lower_grad_norm": 1.0 / step, "upper_lower_cos": 0.5, "ibgl_coef": 0.1 * step}
+                if health and phase == "bilevel"
+                else {}
+            )
         )
         value = None if psnr_final is None else psnr_final - (steps - step)
         if diverge and step == steps:
@@ -112,7 +121,8 @@ def make_results(root: Path) -> Path:
         psnr=22.0,
         peak_mib=300.0,
         params={"solver.k": 2},
-        history=_history(22.0),
+        extra={"health_warning": None},
+        history=_history(22.0, health=True),
     )
     _trial(
         a,
@@ -122,7 +132,8 @@ def make_results(root: Path) -> Path:
         psnr=21.0,
         peak_mib=150.0,
         params={"solver.k": 4},
-        history=_history(21.0),
+        extra={"health_warning": "step 4: IBGL's coefficient is 40 (it started at 0.2)"},
+        history=_history(21.0, health=True),
     )
     _trial(
         a,
@@ -133,7 +144,7 @@ def make_results(root: Path) -> Path:
         peak_mib=400.0,
         params={"solver.delta": 0.01},
         extra={"lpips": 0.2, "final_lpips": 0.2},
-        history=_history(23.0),
+        history=_history(23.0, health=True),
     )
     _trial(
         a,
@@ -398,7 +409,13 @@ def test_plots_written_as_png(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "plots"
     report = plot_study(results, "alpha", out, pareto=[("psnr", "max"), ("peak_memory_mib", "min")])
     names = sorted(p.name for p in report.paths)
-    assert names == ["pareto.png", "psnr_curves.png", "psnr_vs_delta.png", "psnr_vs_k.png"]
+    assert names == [
+        "alpha-health.png",
+        "pareto.png",
+        "psnr_curves.png",
+        "psnr_vs_delta.png",
+        "psnr_vs_k.png",
+    ]
     assert report.notes == []
     for path in report.paths:
         width, height = png_size(path)
@@ -411,9 +428,11 @@ def test_plots_skip_absent_data_with_a_note(results: Path, tmp_path: Path) -> No
     assert sorted(p.name for p in report.paths) == ["psnr_curves.png", "psnr_vs_delta.png"]
     notes = " | ".join(report.notes)
     assert "skipped psnr vs k" in notes and "Pareto plot: it needs two objectives" in notes
+    assert "skipped lower-level health plot" in notes  # beta's history has no health columns
+    assert not (tmp_path / "b" / "beta-health.png").exists()
     report = plot_study(results, "alpha", tmp_path / "c", metric="lpips")
-    # lpips: only tbgl t4 has it, and no history or IBGL trial does
-    assert [p.name for p in report.paths] == ["lpips_vs_delta.png"]
+    # lpips: only tbgl t4 has it, and no history or IBGL trial does; health needs no metric
+    assert [p.name for p in report.paths] == ["lpips_vs_delta.png", "alpha-health.png"]
     assert len(report.notes) == 2
 
 
@@ -421,7 +440,12 @@ def test_metric_direction_comes_from_what_defines_the_metric() -> None:
     from bgl.analysis.query import metric_mode
 
     assert [metric_mode(m) for m in ("psnr", "ssim", "lpips", "niqe", "brisque", "loe")] == [
-        "max", "max", "min", "min", "min", "min",
+        "max",
+        "max",
+        "min",
+        "min",
+        "min",
+        "min",
     ]  # fmt: skip  (MetricSpec.direction)
     assert metric_mode("ap") == "max" and metric_mode("miou") == "max"  # the tasks' own modes
     assert metric_mode("final_lpips") == "min" and metric_mode("psnr_generator") == "max"

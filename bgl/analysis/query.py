@@ -47,6 +47,9 @@ _EMPTY_HISTORY = (
     "NULL::DOUBLE AS elapsed_s WHERE false"
 )
 
+#: text columns that a file where every value is null stores as DOUBLE (see `_create_view`)
+_TEXT_COLUMNS = ("error", "health_warning")
+
 Objectives = Sequence[tuple[str, str]]
 
 
@@ -147,7 +150,7 @@ def _create_view(
     replace = []
     for column, kind, *_ in described:
         ident = quote_ident(column)
-        if column == "error":  # all-null in a file -> written as DOUBLE; it is text
+        if column in _TEXT_COLUMNS:  # all-null in a file -> written as DOUBLE; it is text
             replace.append(f"CAST({ident} AS VARCHAR) AS {ident}")
         elif kind in ("DOUBLE", "FLOAT"):
             replace.append(f"CASE WHEN isnan({ident}) THEN NULL ELSE {ident} END AS {ident}")
@@ -470,7 +473,15 @@ TRANSFER_COLUMNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("segment", ("miou",), "SE mIoU↑"),
 )
 TASK_LABELS = {"enhance": "Enhancement", "detect": "Detection", "segment": "Segmentation"}
-STRATEGY_LABELS = {"naive": "Naive", "tbgl": "TBGL", "ibgl": "IBGL"}
+
+
+def solver_label(name: Any) -> Any:
+    """A solver's display name from the registry (`Solver.label`); an unknown name as is.
+    (Imported here, not at the top: the registry brings torch, which listing studies avoids.)"""
+    from bgl.solvers.registry import SOLVERS
+
+    solver = SOLVERS.get(name) if isinstance(name, str) else None
+    return solver.label if solver is not None else name
 
 
 def is_transfer(rows: Sequence[Mapping[str, Any]]) -> bool:
@@ -497,7 +508,7 @@ def transfer_table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             {
                 "model": model,
                 "basic_task": TASK_LABELS.get(r.get("source_task"), r.get("source_task")),
-                "strategy": STRATEGY_LABELS.get(r.get("strategy"), r.get("strategy")),
+                "strategy": solver_label(r.get("strategy")),
                 "source_status": None,
                 **{header: None for *_, header in TRANSFER_COLUMNS},
             },

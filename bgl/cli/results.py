@@ -117,7 +117,10 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
     _results_dir(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("plot", help="PNG plots: metric vs k / delta, curves, Pareto front")
+    p = sub.add_parser(
+        "plot",
+        help="PNG plots: metric vs solver parameters, curves, lower-level health, Pareto front",
+    )
     p.add_argument("study")
     p.add_argument("-o", "--output", metavar="DIR", help="folder (default: <study>/plots)")
     p.add_argument("--metric", help="metric to plot (default: the study's metric)")
@@ -243,6 +246,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             title += f" best {best[metric]:.4f} ({best['trial_id']}, {best.get('solver')})"
     console.print(_trials_table(shown, rows, metrics, sort, mode, title))
     _print_errors(console, shown)
+    _print_health_warnings(console, shown)
 
     summary = solver_summary(rows, metric, metric_mode(metric, rows) if metric else None)
     console.print(_summary_table(summary, metric))
@@ -367,6 +371,19 @@ def _print_errors(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
             text = last[-1] if last else str(error)
             console.print(
                 f"  {r.get('trial_id')} {r.get('status')}: {text[:300]}",
+                highlight=False,
+                markup=False,
+            )
+
+
+def _print_health_warnings(console: Console, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A note per trial whose run warned that IBGL's Eq. 9 left its regime (`health_warning`;
+    the per-step numbers are in `bgl results plot`'s health figure)."""
+    for r in rows:
+        warning = r.get("health_warning")
+        if isinstance(warning, str) and warning.strip():
+            console.print(
+                f"  {r.get('trial_id')} health warning: {warning.strip()[:300]}",
                 highlight=False,
                 markup=False,
             )
