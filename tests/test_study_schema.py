@@ -126,3 +126,73 @@ def test_base_file_and_overrides(tmp_path):
     )
     study = load_study(tmp_path / "study.yaml", ["search.num_samples=5"])
     assert study.num_samples == 5 and study.base["model"]["generator_width"] == 4
+
+
+def test_aid_keys_are_conditional_searchable_and_validated():
+    study = parse_study(
+        {
+            "name": "s",
+            "base": {"task": {"options": {"width": 4}}},
+            "search": {
+                "solvers": ["ibgl", "aid"],
+                "params": {
+                    "solver.k": {"type": "int", "low": 1, "high": 4},
+                    "solver.iterations": "default",
+                    "solver.method": "default",
+                    "solver.damping": {"value": 0.01},
+                },
+            },
+        }
+    )
+    specs = {p.path: p for p in study.params}
+    assert specs["solver.iterations"].type == "int" and specs["solver.iterations"].high == 20
+    assert specs["solver.method"].choices == ["cg", "neumann"]
+    assert specs["solver.k"].solvers == ["ibgl", "aid"]
+    assert specs["solver.damping"].solvers == ["aid"]
+    space = define_by_run(study)
+    seen: dict[str, set] = {}
+    opt = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        trial = opt.ask()
+        constants = space(trial)
+        params = {**trial.params, **constants}
+        seen.setdefault(params["solver.name"], set()).update(params)
+        cfg = study.trial_config(params)
+        if cfg.solver.name == "aid":
+            assert 1 <= cfg.solver.iterations <= 20 and cfg.solver.damping == 0.01
+    assert {"solver.iterations", "solver.method", "solver.damping"} <= seen["aid"]
+    assert not {"solver.iterations", "solver.method", "solver.damping"} & seen["ibgl"]
+
+
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"solver.method": {"choices": ["cg", "lbfgs"]}}, "solver.method: must be one of cg"),
+        ({"solver.iterations": {"value": 0}}, "solver.iterations: must be at least 1"),
+        (
+            {"solver.iterations": {"type": "int", "low": 1, "high": 5, "solvers": ["ibgl"]}},
+            "solver.iterations applies to aid only",
+        ),
+        ({"optim.upper_lr": "default"}, "search.params.optim.upper_lr: 'default' names"),
+    ],
+)
+def test_bad_aid_search_names_the_key(params, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        parse_study(
+            {"name": "s", "base": {}, "search": {"solvers": ["ibgl", "aid"], "params": params}}
+        )
+
+
+def test_solvers_command_lists_the_registry(capsys):
+    import json
+
+    from bgl.cli import main
+    from bgl.solvers import SOLVER_NAMES
+
+    assert main(["solvers", "--format", "json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in listing] == list(SOLVER_NAMES)
+    aid = next(s for s in listing if s["name"] == "aid")
+    assert aid["takes_k"] and aid["keys"]["iterations"]["default"] == 10
+    assert aid["keys"]["method"]["search"]["choices"] == ["cg", "neumann"]
+    assert next(s for s in listing if s["name"] == "naive")["keys"] == {}

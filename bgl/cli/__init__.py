@@ -1,6 +1,6 @@
 """The `bgl` command: thin argument parsing over the library; heavy imports happen lazily.
 
-One module per command group (train, study, data, develop, eval, results, bench), each adding
+One module per command group (train, study, data, develop, eval, results, solvers, bench), each adding
 its parsers with `add_*` and handling them; shared arguments and the console in `bgl.cli.args`.
 """
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bgl.cli.develop import add_develop_command
     from bgl.cli.eval import add_eval_command, add_eval_detect_command, add_eval_segment_command
     from bgl.cli.results import add_results_command
+    from bgl.cli.solvers import add_solvers_command
     from bgl.cli.study import add_study_command
     from bgl.cli.train import add_train_command
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_detect_command(eval_sub)
     add_eval_segment_command(eval_sub)
     add_results_command(sub)
+    add_solvers_command(sub)
     add_bench_commands(sub)
     return parser
 

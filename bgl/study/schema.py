@@ -345,20 +345,23 @@ def _parse_transfer(study: StudyConfig, data: dict[str, Any]) -> None:
 
 
 def _check_paths_exist(study: StudyConfig) -> None:
-    """Every searched path must be a real run-config key (checked with a sample value)."""
+    """Every searched path must be a real run-config key, and every value it can take valid
+    (checked with each choice, or both ends of a range)."""
     for p in study.params:
-        sample = (
-            p.value
-            if p.type == "constant"
-            else (p.choices[0] if p.type == "categorical" else p.low)
-        )
+        if p.type == "constant":
+            samples = [p.value]
+        elif p.type == "categorical":
+            samples = list(p.choices or [])
+        else:
+            samples = [p.low, p.high]
         if p.type == "int":
-            sample = int(sample)
+            samples = [int(x) for x in samples]
         solver = (solver_only(p.path) or p.solvers or study.solvers)[0]
-        try:
-            study.trial_config({"solver.name": solver, p.path: sample})
-        except ConfigError as exc:
-            raise ConfigError(f"search.params.{p.path}: {exc}") from exc
+        for sample in samples:
+            try:
+                study.trial_config({"solver.name": solver, p.path: sample})
+            except ConfigError as exc:
+                raise ConfigError(f"search.params.{p.path}: {exc}") from exc
 
 
 def _param(path: str, spec: Any) -> ParamSpec:
