@@ -92,3 +92,51 @@ def test_faults_block_is_rendered_and_replaced(tmp_path):
     text = readme.read_text()
     assert "old" not in text and text.startswith("intro\n") and text.endswith("rest\n")
     assert lines[2] in text
+
+
+def _fidelity_rows(ibgl_error: float) -> list[dict]:
+    base = {"sweep": "k", "theta_gap": 0.5, "ref_lower_grad_norm": 1e-12, "ref_cg_residual": 1e-12,
+            "config_width": 4, "omega_numel": 100, "theta_numel": 12, "config_ridge": 0.1,
+            "lower_lr": 0.1, "config_lower_lr_scale": 1.0, "config_delta": 0.01}  # fmt: skip
+    errors = {"aid": 0.01, "naive": 0.5, "ibgl": ibgl_error, "tbgl": 0.2}  # not registry order
+    return [
+        {**base, "solver": s, "k": k, "cosine": 0.9, "rel_error": e}
+        for s, e in errors.items()
+        for k in (1, 5)
+    ]
+
+
+def test_fidelity_columns_follow_the_registry():
+    from bgl.bench.report import _fidelity
+
+    text = _fidelity(_fidelity_rows(ibgl_error=0.3))
+    assert (
+        "| k | ‖θ_k − θ*‖/‖θ*‖ | Naive cos / rel. err | TBGL cos / rel. err | "
+        "IBGL cos / rel. err | AID cos / rel. err |" in text
+    )
+    assert (
+        "| 5 | 5.0e-01 | 0.9000 / 5.00e-01 | 0.9000 / 2.00e-01 | 0.9000 / 3.00e-01 | "
+        "0.9000 / 1.00e-02 |" in text
+    )
+    assert "is worst at" not in text  # IBGL's note only where its error exceeds 1
+    assert "IBGL is worst at k = 1 (relative error 3" in _fidelity(_fidelity_rows(3.0))
+    # rows that name a variant get a column each, beside their solver's
+    rows = _fidelity_rows(0.3)
+    rows += [
+        {**r, "variant": "aid-neumann", "rel_error": 0.04} for r in rows if r["solver"] == "aid"
+    ]
+    text = _fidelity(rows)
+    assert "| AID cos / rel. err | aid-neumann cos / rel. err |" in text
+    assert "| 0.9000 / 1.00e-02 | 0.9000 / 4.00e-02 |" in text
+
+
+def test_gpu_solver_rows_name_the_variant(tmp_path):
+    row = {"device": "cuda:NVIDIA H100 80GB HBM3", "config_crop": 512, "config_batch_size": 2,
+           "config_width": 32, "time_s": 0.25, "peak_bytes": 2**30, "time_ratio": 2.1,
+           "peak_ratio": 1.1}  # fmt: skip
+    rows = [{**row, "solver": "naive", "variant": "naive", "time_ratio": 1.0},
+            {**row, "solver": "aid", "variant": "aid-5"}]  # fmt: skip
+    write_rows(rows, tmp_path / "solvers-2026-01-01T000000+0000.parquet")
+    text = render(tmp_path)
+    assert "aid-5 250 ms, 1024 MiB (2.10× / 1.10× naive)" in text
+    assert "Not measured yet" not in text

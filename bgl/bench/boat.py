@@ -49,11 +49,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bgl.bench.solvers import SolverBenchConfig
-from bgl.solvers import BilevelProblem, Grads, ibgl_hypergradient, tbgl_hypergradient
+from bgl.solvers import BilevelProblem, Grads, get_solver
 from bgl.solvers.problem import preserved_state
 
 BOAT_INSTALL = "pip install --no-deps boat-torch==1.1.1 higher"
-BOAT_OPS = {"tbgl": "FD", "ibgl": "IGA"}
+BOAT_OPS = {"tbgl": "FD", "ibgl": "IGA"}  # bgl solver -> BOAT's `na_op` with the same formula
 SPEED_TARGET = 1.5  # bgl at least 1.5x BOAT's speed
 MEMORY_TARGET = 0.6  # bgl at most 0.6x BOAT's peak memory
 LIBRARIES = ("bgl", "boat")
@@ -81,11 +81,10 @@ def require_boat() -> Any:
 class BoatBenchConfig(SolverBenchConfig):
     repeats: int = 3  # timed steps per child process
     rounds: int = 3  # interleaved bgl/BOAT child pairs per solver
-    solvers: tuple[str, ...] = ("tbgl", "ibgl")
+    solvers: tuple[str, ...] = tuple(BOAT_OPS)
     lower_lr: float = 3e-3
     upper_lr: float = 3e-3
     compare: bool = True  # also compare the hypergradients at this size (in the parent)
-    isolate: bool = True  # a fresh process per measurement; False: in-process (tests only)
 
 
 # -- driving BOAT as its users do -------------------------------------------------------------
@@ -183,7 +182,7 @@ def boat_hypergradient(
             BOAT_OPS[solver],
             lower_opt=torch.optim.SGD(lower.parameters(), lr=lower_lr),
             upper_opt=torch.optim.SGD(upper.parameters(), lr=0.0),
-            k=1 if solver == "tbgl" else k,
+            k=k if get_solver(solver).takes_k else 1,
             r=delta,
             log_path=Path(tmp) / "losses.json",
             return_grad=True,
@@ -202,15 +201,18 @@ def bgl_hypergradient(
     delta: float,
     k: int,
 ) -> Grads:
-    """bgl's hypergradient from the state BOAT starts from: TBGL at θ (it unrolls its own step);
-    IBGL at θ_k after k SGD lower steps (θ restored afterwards)."""
-    if solver == "tbgl":
-        return tbgl_hypergradient(problem, train_batch, val_batch, lower_lr=lower_lr, delta=delta)
+    """bgl's hypergradient from the state BOAT starts from: an unrolled solver (TBGL) at θ (it
+    unrolls its own step); otherwise at θ_k after k SGD lower steps (1 for a solver that does not
+    take k), θ restored afterwards. IBGL without a denominator guard (eps = 0), as BOAT's IGA."""
     from bgl.bench.fidelity import gradient_steps
 
+    spec = get_solver(solver)
+    settings = {"delta": delta, "eps": 0.0}
+    if spec.unrolled:
+        return spec.hypergradient(problem, train_batch, val_batch, settings, lower_lr=lower_lr)
     with preserved_state(problem.lower):
-        gradient_steps(problem, train_batch, lower_lr, k)
-        return ibgl_hypergradient(problem, train_batch, val_batch, eps=0.0)
+        gradient_steps(problem, train_batch, lower_lr, k if spec.takes_k else 1)
+        return spec.hypergradient(problem, train_batch, val_batch, settings, lower_lr=lower_lr)
 
 
 def agreement(

@@ -11,7 +11,8 @@ frame sizes (SID: 2848 x 4256 DNG files under .ARW names, like the Sony a7S II; 
    (the page cache is warm, as it is after the first epoch);
 3. ``train-step``: one bilevel upper step of the training loop (enhancement task, the given
    solver, generator width and batch size) on fixed batches at the same crop; it consumes
-   (k + 1) x batch samples (train and validation batches; TBGL: 2 x batch).
+   (k + 1) x batch samples (train and validation batches; k = 1 for a solver that does not take
+   k lower steps: naive, TBGL).
 
 Targets: the cache at least 20x faster per sample than on-the-fly decoding, and loading at least
 2x faster than the step consumes. The enhancement task's network is the lightest of the paper's
@@ -126,9 +127,11 @@ def _step(cfg: DataBenchConfig, dataset: Any, crop: int) -> tuple[float, float, 
     import torch
 
     from bgl.config import from_dict
+    from bgl.solvers import get_solver
     from bgl.train.device import device_description
     from bgl.train.loop import Trainer
 
+    k = cfg.k if get_solver(cfg.solver).takes_k else 1  # lower steps (train batches) per step
     run = from_dict(
         {
             "name": "bench-data",
@@ -139,7 +142,7 @@ def _step(cfg: DataBenchConfig, dataset: Any, crop: int) -> tuple[float, float, 
                 "batch_size": cfg.batch_size,
                 "val_batch_size": cfg.batch_size,
             },
-            "solver": {"name": cfg.solver, "k": cfg.k if cfg.solver == "ibgl" else 1},
+            "solver": {"name": cfg.solver, "k": k},
             "train": {"device": cfg.device, "warm_steps": 0, "steps": 1},
         }
     )
@@ -160,7 +163,6 @@ def _step(cfg: DataBenchConfig, dataset: Any, crop: int) -> tuple[float, float, 
         if cuda:
             torch.cuda.synchronize(trainer.device)
         times.append(time.perf_counter() - start)
-    k = run.solver.k if cfg.solver != "tbgl" else 1
     consumed = (k + 1) * cfg.batch_size
     cpu_s = (time.process_time() - cpu) / max(cfg.step_repeats, 1)
     return statistics.median(times), cpu_s, consumed, device_description(trainer.device)

@@ -13,9 +13,19 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from bgl.solvers.registry import SOLVER_NAMES, get_solver
+
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
 GPU_COMMAND = "bgl bench all --device cuda"
+
+#: Why a solver's fidelity can be far off, shown when its worst relative error exceeds 1.
+FIDELITY_NOTES = {
+    "ibgl": "Eq. 9's coefficient (∇θL_F·∇θL_G)/‖∇θL_G‖² grows like 1/‖∇θL_G‖ while ∇ωL_G stays "
+    "finite, so the rank-one correction blows up as the lower level converges, until ‖∇θL_G‖² "
+    "falls below the eps guard and IBGL becomes naive. TBGL's one-step truncation keeps a "
+    "bounded error; naive misses the implicit term entirely.",
+}
 
 
 def latest_rows(folder: str | Path, benchmark: str) -> list[dict[str, Any]]:
@@ -60,6 +70,19 @@ def replace_block(readme: str | Path, start: str, end: str, body: str) -> Path:
     return path
 
 
+def _column(row: dict[str, Any]) -> str:
+    """A row's solver variant (`aid-cg`) where the benchmark names one, else its solver."""
+    return row.get("variant") or row["solver"]
+
+
+def _label(solver: str) -> str:
+    """The registry's label (`TBGL`), or the name as written for one it does not know."""
+    try:
+        return get_solver(solver).label
+    except ValueError:
+        return solver
+
+
 def _mib(value: float) -> str:
     return f"{value / 2**20:.0f} MiB"
 
@@ -94,7 +117,7 @@ def _boat(rows: list[dict[str, Any]]) -> str:
     ]
     for r in summaries:
         lines.append(
-            f"| {r['solver'].upper()} ({r['boat_op']}, k = {r['k']}) "
+            f"| {_label(r['solver'])} ({r['boat_op']}, k = {r['k']}) "
             f"| {1e3 * r['bgl_time_s']:.0f} ms | {1e3 * r['boat_time_s']:.0f} ms "
             f"| {1e3 * r['boat_core_s']:.0f} ms | {r['speedup']:.2f}× "
             f"| {_mib(r['bgl_tensor_peak_bytes'])} | {_mib(r['boat_tensor_peak_bytes'])} "
@@ -102,7 +125,7 @@ def _boat(rows: list[dict[str, Any]]) -> str:
             f"| {r.get('agree_rel_error', float('nan')):.1e} |"
         )
     met = [
-        f"{r['solver'].upper()}: speed {'met' if r['meets_speed_target'] else 'missed'}, "
+        f"{_label(r['solver'])}: speed {'met' if r['meets_speed_target'] else 'missed'}, "
         f"memory {'met' if r['meets_memory_target'] else 'missed'}"
         for r in summaries
     ]
@@ -128,8 +151,14 @@ def _boat(rows: list[dict[str, Any]]) -> str:
 
 def _fidelity(rows: list[dict[str, Any]]) -> str:
     r0 = rows[0]
-    by = {(r["solver"], r["k"]): r for r in rows if r["sweep"] == "k"}
+    k_rows = [r for r in rows if r["sweep"] == "k"]
+    by = {(_column(r), r["k"]): r for r in k_rows}  # the last row of a point (θ₀ seed) shown
     ks = sorted({k for _, k in by})
+    rank = {name: i for i, name in enumerate(SOLVER_NAMES)}
+    order: dict[str, tuple[int, int]] = {}  # registry order, then first seen
+    for i, r in enumerate(k_rows):
+        order.setdefault(_column(r), (rank.get(r["solver"], len(rank)), i))
+    solvers = sorted(order, key=order.__getitem__)
     lines = [
         "### Hypergradient fidelity",
         "",
@@ -144,32 +173,31 @@ def _fidelity(rows: list[dict[str, Any]]) -> str:
         f"(η = {r0['lower_lr']:.3g} = {r0['config_lower_lr_scale']}/L) from one θ₀; "
         f"TBGL at δ = {r0['config_delta']}. Plot: `{r0.get('plot', 'fidelity-*.png')}`.",
         "",
-        "| k | ‖θ_k − θ*‖/‖θ*‖ | naive cos / rel. err | TBGL cos / rel. err | "
-        "IBGL cos / rel. err |",
-        "|---|---|---|---|---|",
+        "| k | ‖θ_k − θ*‖/‖θ*‖ | "
+        + " | ".join(f"{_label(s)} cos / rel. err" for s in solvers)
+        + " |",
+        "|---|---|" + "---|" * len(solvers),
     ]
     for k in ks:
         cells = [
-            f"{by[(s, k)]['cosine']:.4f} / {by[(s, k)]['rel_error']:.2e}"
-            for s in ("naive", "tbgl", "ibgl")
+            f"{by[(s, k)]['cosine']:.4f} / {by[(s, k)]['rel_error']:.2e}" if (s, k) in by else ""
+            for s in solvers
         ]
-        lines.append(f"| {k} | {by[('naive', k)]['theta_gap']:.1e} | " + " | ".join(cells) + " |")
-    ibgl = [r for r in rows if r["sweep"] == "k" and r["solver"] == "ibgl"]
-    worst = max(ibgl, key=lambda r: r["rel_error"]) if ibgl else None
-    if worst is not None and worst["rel_error"] > 1:
-        lines += [
-            "",
-            f"IBGL is worst at k = {worst['k']} (relative error {worst['rel_error']:.3g}, "
-            f"cosine {worst['cosine']:.3f}): Eq. 9's coefficient (∇θL_F·∇θL_G)/‖∇θL_G‖² grows "
-            "like 1/‖∇θL_G‖ while ∇ωL_G stays finite, so the rank-one correction blows up as the "
-            "lower level converges, until ‖∇θL_G‖² falls below the eps guard and IBGL becomes "
-            "naive. TBGL's one-step truncation keeps a bounded error; naive misses the implicit "
-            "term entirely.",
-        ]
+        gap = next(by[(s, k)]["theta_gap"] for s in solvers if (s, k) in by)
+        lines.append(f"| {k} | {gap:.1e} | " + " | ".join(cells) + " |")
+    for solver, note in FIDELITY_NOTES.items():
+        mine = [r for (s, _), r in by.items() if s == solver]
+        worst = max(mine, key=lambda r: r["rel_error"]) if mine else None
+        if worst is not None and worst["rel_error"] > 1:
+            lines += [
+                "",
+                f"{_label(solver)} is worst at k = {worst['k']} (relative error "
+                f"{worst['rel_error']:.3g}, cosine {worst['cosine']:.3f}): {note}",
+            ]
     deltas = [r for r in rows if r["sweep"] == "delta"]
     if deltas:
         dks = sorted({r["k"] for r in deltas})
-        lines += ["", "TBGL against δ (relative error):", ""]
+        lines += ["", f"{_label(deltas[0]['solver'])} against δ (relative error):", ""]
         lines.append("| δ | " + " | ".join(f"k = {k}" for k in dks) + " |")
         lines.append("|---|" + "---|" * len(dks))
         for d in sorted({r["delta"] for r in deltas}):
@@ -186,7 +214,7 @@ def _scaling(rows: list[dict[str, Any]]) -> str:
     lines = [
         "### Scaling: 1 vs 2 workers",
         "",
-        f"`bgl bench scaling`: the training loop's {r0['config_solver'].upper()} step "
+        f"`bgl bench scaling`: the training loop's {_label(r0['config_solver'])} step "
         f"(k = {r0['k']}) on gloo workers (`torch.distributed`, the solvers' all-reduce `reduce`), "
         f"{r0['config_batch_size']} samples per worker and batch, {r0['config_crop']} px crops, "
         f"width {r0['config_width']}; medians over {r0['config_rounds']} alternating rounds "
@@ -216,7 +244,8 @@ def _gpu(folder: str | Path) -> str:
         if str(r.get("device", "")).startswith("cuda"):
             gpu.append(
                 f"- `bgl bench solvers` on {r['device']} (crop {r['config_crop']}, batch "
-                f"{r['config_batch_size']}, width {r['config_width']}): {r['solver']} "
+                f"{r['config_batch_size']}, width {r['config_width']}): "
+                f"{r.get('variant') or r['solver']} "
                 f"{1e3 * r['time_s']:.0f} ms, {_mib(r['peak_bytes'])} "
                 f"({r['time_ratio']:.2f}× / {r['peak_ratio']:.2f}× naive)"
             )

@@ -76,7 +76,7 @@ def run_study_bench(
                     "name": f"overhead-{launcher}-{n}w",
                     "output_dir": tmp,
                     "base": base,
-                    "search": {"solvers": ["ibgl"], "num_samples": 1},
+                    "search": {"solvers": [base["solver"]["name"]], "num_samples": 1},
                     "resources": {
                         "workers_per_trial": n,
                         "cpus_per_worker": 1.0 / n,

@@ -1,7 +1,8 @@
 """The `bgl` command: thin argument parsing over the library; heavy imports happen lazily.
 
-One module per command group (train, study, data, develop, eval, results, solvers, bench), each adding
-its parsers with `add_*` and handling them; shared arguments and the console in `bgl.cli.args`.
+One module per command group (train, study, data, develop, eval, results, solvers, bench), each
+adding its parsers with `add_*` and handling them; shared arguments and the console in
+`bgl.cli.args`.
 """
 
 from __future__ import annotations

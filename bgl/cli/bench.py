@@ -6,17 +6,54 @@ import argparse
 from typing import Any
 
 from bgl.cli.args import add_output_dir, add_size_arguments, console, error
-from bgl.solvers import SOLVER_NAMES
+from bgl.solvers import SOLVER_NAMES, solvers_using
+from bgl.solvers.aid import CURVATURES, METHODS
 
 
 def add_bench_commands(subparsers: Any) -> None:
     bench = subparsers.add_parser("bench", help="benchmarks (write Parquet rows, print a table)")
     bsub = bench.add_subparsers(dest="bench", required=True)
-    b = bsub.add_parser("solvers", help="time and peak memory per upper step: naive/TBGL/IBGL")
+    b = bsub.add_parser(
+        "solvers", help=f"time and peak memory per upper step: {'/'.join(SOLVER_NAMES)}"
+    )
     add_size_arguments(b, crop=256, batch_size=2, width=32, lower_width=16)
-    b.add_argument("--k", type=int, default=1, help="IBGL lower steps per upper step")
+    b.add_argument(
+        "--solvers",
+        nargs="+",
+        choices=SOLVER_NAMES,
+        default=list(SOLVER_NAMES),
+        help="which to measure (naive, the baseline of the ratios, always is)",
+    )
+    b.add_argument(
+        "--k",
+        type=int,
+        default=1,
+        help=f"lower steps per upper step of {', '.join(solvers_using('k'))}",
+    )
+    b.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=[5, 10],
+        help=f"solver.iterations of {', '.join(solvers_using('iterations'))}: a row per value",
+    )
+    b.add_argument(
+        "--method",
+        choices=METHODS,
+        default=METHODS[0],
+        help=f"solver.method of {', '.join(solvers_using('method'))}",
+    )
+    b.add_argument(
+        "--curvature",
+        choices=CURVATURES,
+        default=CURVATURES[0],
+        help=f"solver.curvature of {', '.join(solvers_using('curvature'))} (gauss_newton: PSD, "
+        "so CG takes every iteration)",
+    )
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    b.add_argument("--rounds", type=int, default=1, help="interleaved measurements per row")
     b.add_argument("--device", default="auto")
     add_output_dir(b)
     b.set_defaults(func=_bench_solvers)
@@ -35,14 +72,7 @@ def add_bench_commands(subparsers: Any) -> None:
     b.add_argument("--device", default="auto", help="auto, cpu, cuda (rows name the GPU)")
     add_output_dir(b)
     b.set_defaults(func=_bench_boat)
-    b = bsub.add_parser("fidelity", help="naive/TBGL/IBGL vs the exact implicit hypergradient")
-    b.add_argument("--width", type=int, default=4, help="generative block base width")
-    b.add_argument("--ridge", type=float, default=0.1, help="lower level's ridge λ")
-    b.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 200])
-    b.add_argument("--delta", type=float, nargs="+", default=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0])
-    b.add_argument("--delta-k", type=int, nargs="+", default=[1, 20], help="k of the δ sweep")
-    add_output_dir(b)
-    b.set_defaults(func=_bench_fidelity)
+    add_fidelity_command(bsub)
     b = bsub.add_parser("scaling", help="1 vs N gloo workers; --develop: full-frame develop")
     add_size_arguments(b, crop=128, batch_size=2, width=32, lower_width=16, batch_help="per worker")
     b.add_argument("--solver", default="ibgl", choices=SOLVER_NAMES)
@@ -95,6 +125,12 @@ def _bench_solvers(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         device=args.device,
         k=args.k,
+        threads=args.threads,
+        solvers=tuple(args.solvers),
+        iterations=tuple(args.iterations),
+        method=args.method,
+        curvature=args.curvature,
+        rounds=args.rounds,
     )
     rows = run_solver_bench(cfg, out_dir=args.output_dir, console=console)
     print_table(rows, console)
@@ -133,17 +169,86 @@ def _bench_boat(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_fidelity_command(bench_subparsers: Any) -> argparse.ArgumentParser:
+    """``bgl bench fidelity``: every solver against the exact implicit hypergradient."""
+    from bgl.bench.fidelity import FidelityConfig
+
+    d = FidelityConfig()
+    b = bench_subparsers.add_parser(
+        "fidelity", help="every solver vs the exact implicit hypergradient, over θ₀ seeds"
+    )
+    b.add_argument("--width", type=int, default=d.width, help="generative block base width")
+    b.add_argument("--ridge", type=float, default=d.ridge, help="lower level's ridge λ")
+    b.add_argument(
+        "--lower-lr-scale",
+        type=float,
+        default=d.lower_lr_scale,
+        help="lower step η = scale / L (L: largest ∇²θθL_G eigenvalue over θ* and the θ₀)",
+    )
+    b.add_argument("--k", type=int, nargs="+", default=list(d.ks), help="lower steps swept")
+    b.add_argument("--delta", type=float, nargs="+", default=list(d.deltas), help="δ swept")
+    b.add_argument("--delta-k", type=int, nargs="+", default=list(d.delta_ks), help="k of that")
+    b.add_argument(
+        "--theta-seeds", type=int, nargs="+", default=list(d.theta_seeds), help="one θ₀ per seed"
+    )
+    b.add_argument(
+        "--aid-iterations",
+        type=int,
+        default=d.aid_iterations,
+        help="AID's curvature products (CG iterations, Neumann terms) in the k sweep",
+    )
+    b.add_argument(
+        "--neumann-step-scale",
+        type=float,
+        default=d.neumann_step_scale,
+        help="AID-Neumann's step α = scale / L",
+    )
+    b.add_argument(
+        "--aid-sweep",
+        type=int,
+        nargs="+",
+        default=list(d.aid_iteration_sweep),
+        help="AID curvature products swept",
+    )
+    b.add_argument(
+        "--aid-sweep-k", type=int, nargs="+", default=list(d.aid_iteration_ks), help="k of that"
+    )
+    b.add_argument(
+        "--readme", default=None, help="rewrite this README's fidelity section (default: don't)"
+    )
+    add_output_dir(b)
+    b.set_defaults(func=_bench_fidelity)
+    return b
+
+
 def _bench_fidelity(args: argparse.Namespace) -> int:
-    from bgl.bench.fidelity import FidelityConfig, print_table, run_fidelity_bench
+    from bgl.bench.fidelity import (
+        FidelityConfig,
+        print_table,
+        render_markdown,
+        replace_section,
+        run_fidelity_bench,
+    )
 
     cfg = FidelityConfig(
         width=args.width,
         ridge=args.ridge,
+        lower_lr_scale=args.lower_lr_scale,
         ks=tuple(args.k),
         deltas=tuple(args.delta),
         delta_ks=tuple(args.delta_k),
+        theta_seeds=tuple(args.theta_seeds),
+        aid_iterations=args.aid_iterations,
+        neumann_step_scale=args.neumann_step_scale,
+        aid_iteration_sweep=tuple(args.aid_sweep),
+        aid_iteration_ks=tuple(args.aid_sweep_k),
     )
-    print_table(run_fidelity_bench(cfg, out_dir=args.output_dir, console=console), console)
+    rows = run_fidelity_bench(cfg, out_dir=args.output_dir, console=console)
+    print_table(rows, console)
+    if args.readme:
+        console.print(
+            f"rewrote the fidelity section of {replace_section(args.readme, render_markdown(rows))}"
+        )
     return 0
 
 

@@ -1,9 +1,9 @@
 """The search space: Optuna define-by-run (conditional) or a Tune grid, from a StudyConfig.
 
 Trials receive a flat dict of config paths -> values (`{"solver.name": "ibgl", "solver.k": 3,
-...}`); conditional parameters are simply absent where they do not apply (the solver registry says which
-solver reads which key: k for IBGL and AID, delta for TBGL, ...), and become nulls in the results
-table.
+...}`); conditional parameters are simply absent where they do not apply (the solver registry
+says which solver reads which key: k for IBGL and AID, delta for TBGL, ...), and become nulls in
+the results table.
 """
 
 from __future__ import annotations
