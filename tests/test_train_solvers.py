@@ -109,3 +109,10 @@ def test_health_monitor_warns_once_per_run():
     with pytest.warns(BilevelHealthWarning, match="cos"):
         aligned.observe({"ibgl_coef": 1.0, "upper_lower_cos": 0.995}, 1)
     assert HealthMonitor().observe({"lower_loss": 1.0}, 1) is None  # naive reports nothing
+    other = HealthMonitor(uses_coefficient=False)  # e.g. AID: the numbers are recorded only
+    assert other.observe({"ibgl_coef": 1e9, "upper_lower_cos": 1.0}, 1) is None
+    indefinite = HealthMonitor(uses_coefficient=False)
+    with pytest.warns(BilevelHealthWarning, match="non-positive curvature after 1 product"):
+        indefinite.observe(
+            {"ibgl_coef": 0.1, "upper_lower_cos": 0.1, "aid_nonpositive": 1.0, "aid_products": 1}, 5
+        )

@@ -88,7 +88,11 @@ def aid_hypergradient(
         hyper = omega_grads(problem, upper_out, cross, scale=-1.0, into=hyper)
     if diagnostics is not None:
         diagnostics.update(lower_health(f_theta, g_theta))
-        diagnostics.update(aid_residual=solve.residual, aid_products=float(solve.products))
+        diagnostics.update(
+            aid_residual=solve.residual,
+            aid_products=float(solve.products),
+            aid_nonpositive=float(solve.stop == "nonpositive curvature"),
+        )
     return reduce(hyper)
 
 

@@ -1,11 +1,14 @@
 """Watch the lower level's health per upper step and warn once per run when IBGL's Eq. 9 is
 being driven out of its regime (see `bgl.solvers.health` for why it happens).
 
-Two conditions, checked on the diagnostics a solver reports:
+Three conditions, checked on the diagnostics a solver reports:
 - the coefficient explodes: |c| >= EXPLODE_FACTOR · max(|c₀|, COEF_FLOOR), c₀ the run's first
   value — the lower level has converged far enough that Eq. 9's rank-one models vanish;
 - |cos(∇θL_F, ∇θL_G)| > COS_LIMIT: the two losses pull θ along one direction, so Eq. 9's
-  coefficient is ≈ ‖∇θL_F‖/‖∇θL_G‖ and IBGL nearly cancels (or doubles) ∇ωL_F.
+  coefficient is ≈ ‖∇θL_F‖/‖∇θL_G‖ and IBGL nearly cancels (or doubles) ∇ωL_F;
+- AID's CG met a direction of non-positive curvature (an indefinite ∇²θθL_G, as a non-convex G
+  has) and stopped early: with no product accepted, u = 0 and AID is naive for that step.
+The first condition met is the run's one warning.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ class BilevelHealthWarning(UserWarning):
 class HealthMonitor:
     """Keeps the first coefficient and the one warning issued (both survive a resume)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, uses_coefficient: bool = True) -> None:
+        # the coefficient and cosine conditions concern a solver whose update uses Eq. 9's
+        # coefficient (IBGL); other solvers only record the numbers
+        self.uses_coefficient = uses_coefficient
         self.first_coef: float | None = None
         self.warning: str | None = None
 
@@ -34,6 +40,15 @@ class HealthMonitor:
         """Check one step's diagnostics; warns (once per run) and returns the message."""
         coef, cos = diagnostics.get("ibgl_coef"), diagnostics.get("upper_lower_cos")
         if coef is None or self.warning is not None or not math.isfinite(coef):
+            return None
+        if diagnostics.get("aid_nonpositive"):
+            return self._warn(
+                f"step {step}: AID's conjugate gradients met non-positive curvature after "
+                f"{diagnostics.get('aid_products', 0):.0f} product(s): ∇²θθL_G is indefinite "
+                "here, so the solve stopped early; use solver.curvature: gauss_newton or "
+                "solver.damping"
+            )
+        if not self.uses_coefficient:
             return None
         if self.first_coef is None:
             self.first_coef = coef
@@ -52,9 +67,11 @@ class HealthMonitor:
                 f"way, so IBGL's coefficient ({coef:.3g}) nearly cancels ∇ωL_F; consider "
                 "solver.name: aid"
             )
-        if message is not None:
-            self.warning = message
-            warnings.warn(message, BilevelHealthWarning, stacklevel=2)
+        return None if message is None else self._warn(message)
+
+    def _warn(self, message: str) -> str:
+        self.warning = message
+        warnings.warn(message, BilevelHealthWarning, stacklevel=3)
         return message
 
     def state_dict(self) -> dict[str, Any]:

@@ -96,7 +96,8 @@ class Trainer:
             lower_criterion=getattr(self.task, "lower_criterion", None),
         )
         self.solver = get_solver(cfg.solver.name)
-        self.health = HealthMonitor()
+        # Eq. 9's coefficient drives the update of the solvers that read its damping (IBGL)
+        self.health = HealthMonitor(uses_coefficient="relative_damping" in self.solver.keys)
         splits = splits if splits is not None else build_splits(cfg.data)
         d = cfg.data
         self.train_stream = BatchStream(
