@@ -223,7 +223,7 @@ def test_trainer_trains_segmentation_with_each_solver(tmp_path, solver):
     assert set(summary["final"]) & STREET_KEYS
     # the lower steps and the warm step each ran G once in train mode
     bn = trainer.lower.backbone.bn1
-    k = 2 if solver == "ibgl" else 1
+    k = 2 if get_solver(solver).takes_k else 1
     assert int(bn.num_batches_tracked) == 1 + 2 * k
 
 
