@@ -113,11 +113,12 @@ def test_transfer_table_layout_fills_cells_and_says_na():
 def test_shipped_transfer_study_is_the_papers_design():
     study = load_study(STUDIES / "transfer.yaml")
     t = study.transfer
+    # the paper's Table 3 rows: M_a = DE/naive, M_b = DE/IBGL, M_c = EN/naive, M_d = EN/IBGL
     assert [(s.model, s.source_task, s.strategy) for s in t.sources()] == [
-        ("M_a", "enhance", "naive"),
-        ("M_b", "enhance", "ibgl"),
-        ("M_c", "detect", "naive"),
-        ("M_d", "detect", "ibgl"),
+        ("M_a", "detect", "naive"),
+        ("M_b", "detect", "ibgl"),
+        ("M_c", "enhance", "naive"),
+        ("M_d", "enhance", "ibgl"),
     ]
     assert t.target_tasks == ["enhance", "detect", "segment"]
 
