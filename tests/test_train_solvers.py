@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from bgl.results.report import BUDGET_COLUMNS, flatten_summary
 from bgl.solvers import HEALTH_KEYS, SOLVER_NAMES, get_solver, hypergradient
 from bgl.train.health import BilevelHealthWarning, HealthMonitor
 from bgl.train.loop import Trainer
@@ -116,3 +117,34 @@ def test_health_monitor_warns_once_per_run():
         indefinite.observe(
             {"ibgl_coef": 0.1, "upper_lower_cos": 0.1, "aid_nonpositive": 1.0, "aid_products": 1}, 5
         )
+
+
+@pytest.mark.parametrize(
+    "solver,k,f_per_upper_step,g_per_upper_step",
+    [
+        ("naive", 1, 2, 2),  # lower step; L_F pass
+        ("tbgl", 1, 4, 5),  # unrolled step, L_F, one shared F for ± (G twice), lower step
+        ("ibgl", 3, 4, 5),  # 3 lower steps (last F kept), L_G, L_F
+        ("aid", 3, 4, 5),  # the same passes; curvature products reuse the L_G graph
+    ],
+)
+def test_budget_counts_steps_and_forward_passes(
+    tiny_config, tmp_path, solver, k, f_per_upper_step, g_per_upper_step
+):
+    """Budgets in the summary (and so in every trial row): the steps per level and the passes
+    the forward hooks saw while training; evaluation passes are not counted."""
+    cfg = tiny_config(solver={"name": solver, "k": k}, train={"warm_steps": 2, "steps": 3})
+    trainer = Trainer(cfg)
+    trainer.fit(run_dir=tmp_path / "run", until=3)
+    resumed = Trainer(cfg)
+    resumed.resume(tmp_path / "run" / "checkpoint.pt")
+    summary = resumed.fit()
+    budget = summary["budget"]
+    row = flatten_summary(summary)  # a trial row / summary.parquet
+    assert all(row[c] == budget[c.removeprefix("budget_")] for c in BUDGET_COLUMNS)
+    steps = 3
+    assert budget["warm_steps"] == 2 and budget["upper_steps"] == steps
+    assert budget["lower_steps"] == steps * k
+    assert budget["f_forwards"] == 2 + steps * f_per_upper_step  # a warm step: one F pass
+    # a warm step runs G twice: on the detached x for L_G, and for y in L1(y, rgb)
+    assert budget["g_forwards"] == 2 * 2 + steps * g_per_upper_step

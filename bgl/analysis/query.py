@@ -33,6 +33,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from bgl.results.report import BUDGET_COLUMNS
 from bgl.results.tables import HISTORY, TRIALS
 
 STATUSES = ("completed", "diverged", "stopped", "error")
@@ -40,7 +41,14 @@ EXPORT_FORMATS = ("csv", "json", "parquet")
 # metrics tasks report, in the order a table shows them when a study has no `best_metric`
 KNOWN_METRICS = ("psnr", "ssim", "map", "miou", "psnr_generator", "psnr_input")
 #: what the platform itself measures about a run: costs, minimised
-COST_COLUMNS = ("wall_time_s", "trial_wall_s", "peak_memory_mib", "peak_memory_bytes", "steps")
+COST_COLUMNS = (
+    "wall_time_s",
+    "trial_wall_s",
+    "peak_memory_mib",
+    "peak_memory_bytes",
+    "steps",
+    *BUDGET_COLUMNS,
+)
 _EMPTY_HISTORY = (
     "SELECT NULL::VARCHAR AS study, NULL::VARCHAR AS trial_id, NULL::VARCHAR AS solver, "
     "NULL::BIGINT AS step, NULL::VARCHAR AS kind, NULL::VARCHAR AS phase, "

@@ -15,6 +15,9 @@ FINAL_KEY = "bgl_final"
 TRIAL_END_KEY = "bgl_trial_end"
 #: marks a finished trial's result reported again on a resume (nothing was trained)
 REPLAYED_KEY = "bgl_replayed"
+#: a run's spending (summary key `budget`, row columns `budget_<key>`; see `bgl.train.budget`)
+BUDGET_KEYS = ("warm_steps", "lower_steps", "upper_steps", "f_forwards", "g_forwards")
+BUDGET_COLUMNS = tuple(f"budget_{key}" for key in BUDGET_KEYS)
 
 
 def flatten_summary(summary: dict[str, Any]) -> dict[str, Any]:

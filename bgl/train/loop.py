@@ -35,6 +35,7 @@ from bgl.results.provenance import git_commit, library_versions
 from bgl.solvers import BilevelProblem, Grads, Reduce, get_solver, identity_reduce
 from bgl.solvers.problem import grad_disabled, grads, loss_pass, upper_output
 from bgl.tasks import build_task
+from bgl.train.budget import Budget
 from bgl.train.checkpoint import load_checkpoint, save_checkpoint
 from bgl.train.device import device_description, peak_memory_bytes, resolve_device
 from bgl.train.health import HealthMonitor
@@ -97,6 +98,7 @@ class Trainer:
         )
         self.solver = get_solver(cfg.solver.name)
         # Eq. 9's coefficient drives the update of the solvers that read its damping (IBGL)
+        self.budget = Budget(self.upper, self.lower)
         self.health = HealthMonitor(uses_coefficient="relative_damping" in self.solver.keys)
         splits = splits if splits is not None else build_splits(cfg.data)
         d = cfg.data
@@ -147,6 +149,7 @@ class Trainer:
         batch = next(self.train_stream)
         upper = [] if self.frozen else list(self.upper.parameters())
         params = [*upper, *self.lower.parameters()]
+        self.budget.add("warm_steps")
         loss = self.task.warm_loss(self.upper, self.lower, batch)
         self._check_finite(loss, "warm-start loss")
         _apply(params, self.reduce(grads(loss, params)))
@@ -164,6 +167,7 @@ class Trainer:
         output is handed to IBGL's hypergradient, which needs F(train batch) at this same ω.
         """
         theta = list(self.lower.parameters())
+        self.budget.add("lower_steps")
         if keep_upper_out:
             upper_out = upper_output(self.problem, batch)
             out = loss_pass(
@@ -194,6 +198,7 @@ class Trainer:
         """The solver's hypergradient and one upper optimiser step; its norm and the lower
         level's health (where the solver reports it)."""
         diagnostics: dict[str, float] = {}
+        self.budget.add("upper_steps")
         h = self.solver.hypergradient(
             self.problem,
             train_batch,
@@ -291,7 +296,8 @@ class Trainer:
         while self.step < stop:
             up_lr, lo_lr = self._update_lrs()
             phase = self.phase  # of the step taken now (a train row describes its steps)
-            info = self.warm_step() if phase == "warm" else self.bilevel_step(lo_lr)
+            with self.budget.counting():
+                info = self.warm_step() if phase == "warm" else self.bilevel_step(lo_lr)
             self.step += 1
             self.elapsed_s = time.perf_counter() - start
             for key, value in info.items():
@@ -339,6 +345,7 @@ class Trainer:
             "final": metrics,
             "best": dict(self.best),
             "health_warning": self.health.warning,
+            "budget": dict(self.budget.counts),
             "wall_time_s": self.elapsed_s,
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "device": device_description(self.device),
@@ -372,6 +379,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "torch_rng": torch.get_rng_state(),
             "health": self.health.state_dict(),
+            "budget": self.budget.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -385,6 +393,7 @@ class Trainer:
         self.history, self.best = list(state["history"]), dict(state["best"])
         torch.set_rng_state(state["torch_rng"])
         self.health.load_state_dict(state.get("health") or {})
+        self.budget.load_state_dict(state.get("budget") or {})
 
     def save(self, path: str | Path) -> Path:
         return save_checkpoint(self.state_dict(), path)
