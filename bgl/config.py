@@ -83,6 +83,9 @@ class OptimConfig:
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
     schedule: str = "cosine"  # cosine | constant
+    # the warm start's own constant lr for both levels (the paper: 1e-4); the bilevel schedule
+    # then starts at the phase boundary. null: one schedule spans both phases
+    warm_lr: float | None = None
 
 
 @dataclass
@@ -130,6 +133,7 @@ def validate(cfg: RunConfig) -> None:
         ("optim.schedule", cfg.optim.schedule in ("cosine", "constant"), "cosine or constant"),
         ("optim.upper_lr", cfg.optim.upper_lr > 0, "positive"),
         ("optim.lower_lr", cfg.optim.lower_lr > 0, "positive"),
+        ("optim.warm_lr", cfg.optim.warm_lr is None or cfg.optim.warm_lr > 0, "positive or null"),
         ("train.warm_steps", cfg.train.warm_steps >= 0, "non-negative"),
         ("train.steps", cfg.train.steps >= 0, "non-negative"),
         ("train.eval_every", cfg.train.eval_every >= 1, "at least 1"),

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from bgl.config import ConfigError
 from bgl.train.loop import DivergedError, Trainer
 from bgl.train.schedule import cosine_lr
 
@@ -174,3 +175,28 @@ def test_generator_checkpoint_errors_name_the_file(tiny_config, tmp_path):
     _, path = _trained_generator(tiny_config, tmp_path)
     with pytest.raises(ValueError, match="generator_width: 4, but .* width 8"):
         Trainer(tiny_config(model={"generator_width": 4, "generator_checkpoint": str(path)}))
+
+
+def test_warm_lr_is_its_own_constant_and_the_schedule_starts_at_the_boundary(tiny_config):
+    cfg = tiny_config(
+        optim={
+            "warm_lr": 1e-4,
+            "upper_lr": 3e-3,
+            "upper_lr_min": 5e-6,
+            "lower_lr": 2e-3,
+            "lower_lr_min": 2e-5,
+        },
+        train={"warm_steps": 3, "steps": 4},
+    )
+    trainer = Trainer(cfg)
+    trainer.fit()
+    rows = [r for r in trainer.history if r["kind"] == "train"]
+    assert [(r["upper_lr"], r["lower_lr"]) for r in rows[:3]] == [(1e-4, 1e-4)] * 3
+    bilevel = rows[3:]
+    assert bilevel[0]["upper_lr"] == pytest.approx(3e-3)  # the schedule's first step
+    assert bilevel[0]["lower_lr"] == pytest.approx(2e-3)
+    assert bilevel[-1]["upper_lr"] == pytest.approx(5e-6)  # ... and its last
+    assert bilevel[-1]["lower_lr"] == pytest.approx(2e-5)
+    assert bilevel[1]["upper_lr"] == pytest.approx(cosine_lr(1, 4, 3e-3, 5e-6))
+    with pytest.raises(ConfigError, match="optim.warm_lr"):
+        tiny_config(optim={"warm_lr": 0.0})

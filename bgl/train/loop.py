@@ -39,7 +39,7 @@ from bgl.train.budget import Budget
 from bgl.train.checkpoint import load_checkpoint, save_checkpoint
 from bgl.train.device import device_description, peak_memory_bytes, resolve_device
 from bgl.train.health import HealthMonitor
-from bgl.train.schedule import build_optimizer, learning_rate, set_lr
+from bgl.train.schedule import build_optimizer, phase_learning_rates, set_lr
 
 
 class DivergedError(RuntimeError):
@@ -137,9 +137,8 @@ class Trainer:
         return "warm" if self.step < self.cfg.train.warm_steps else "bilevel"
 
     def _update_lrs(self) -> tuple[float, float]:
-        o = self.cfg.optim
-        up = learning_rate(o.schedule, self.step, self.total_steps, o.upper_lr, o.upper_lr_min)
-        lo = learning_rate(o.schedule, self.step, self.total_steps, o.lower_lr, o.lower_lr_min)
+        t = self.cfg.train
+        up, lo = phase_learning_rates(self.cfg.optim, self.step, t.warm_steps, t.steps)
         set_lr(self.upper_opt, up)
         set_lr(self.lower_opt, lo)
         return up, lo

@@ -6,6 +6,7 @@ The learning rate is a pure function of the step, so resuming needs nothing but 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -24,6 +25,29 @@ def learning_rate(kind: str, step: int, total: int, start: float, end: float) ->
     if kind == "cosine":
         return cosine_lr(step, total, start, end)
     raise ValueError(f"unknown schedule {kind!r}")
+
+
+def phase_learning_rates(optim: Any, step: int, warm_steps: int, steps: int) -> tuple[float, float]:
+    """(upper, lower) learning rates at `step` of a run with `warm_steps` + `steps` steps.
+
+    Without `optim.warm_lr` one schedule spans both phases (bgl's default). With it, the warm
+    start runs at the constant `warm_lr` for both levels (the paper: 1e-4) and each level's
+    schedule starts at the phase boundary, spanning the bilevel phase alone.
+    """
+    o = optim
+    if o.warm_lr is None:
+        total = warm_steps + steps
+        return (
+            learning_rate(o.schedule, step, total, o.upper_lr, o.upper_lr_min),
+            learning_rate(o.schedule, step, total, o.lower_lr, o.lower_lr_min),
+        )
+    if step < warm_steps:
+        return o.warm_lr, o.warm_lr
+    at = step - warm_steps
+    return (
+        learning_rate(o.schedule, at, steps, o.upper_lr, o.upper_lr_min),
+        learning_rate(o.schedule, at, steps, o.lower_lr, o.lower_lr_min),
+    )
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
