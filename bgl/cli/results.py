@@ -7,6 +7,8 @@ bgl results show transfer STUDY          # a transfer study as the paper's Table
 bgl results query "SELECT solver, max(psnr) FROM trials GROUP BY solver" [--study quickstart]
 bgl results export quickstart --format csv -o exports/quickstart
 bgl results plot quickstart -o plots/quickstart
+bgl results compare quickstart [--by solver] [--baseline naive] [--bootstrap 2000] [--plot]
+bgl results importance quickstart [--format json]   # Optuna parameter importances
 ```
 `--results-dir` (default `results`) goes before or after the sub-command. Every handler takes
 the parsed Namespace and returns an exit code: 0 ok, 1 nothing to show, 2 a user error.
@@ -127,6 +129,45 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--pareto", metavar="SPEC", help=f"also a Pareto plot, e.g. {DEFAULT_PARETO}")
     _results_dir(p)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "compare",
+        help="per group: mean, std and 95%% interval over seeds; paired difference to a "
+        "baseline (matched by seed) with a paired t-test",
+    )
+    p.add_argument("study")
+    p.add_argument(
+        "--by",
+        default="solver",
+        help="trial column to group by (default: solver), e.g. param.solver.k",
+    )
+    p.add_argument("--metric", help="metric to compare (default: the study's metric)")
+    p.add_argument(
+        "--baseline",
+        help="the group the others are paired with (default: naive, else the first group)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=0,
+        metavar="N",
+        help="percentile bootstrap intervals from N resamples (fixed seed) instead of Student t",
+    )
+    p.add_argument(
+        "--plot", action="store_true", help="also a PNG of the seeds, means and intervals"
+    )
+    p.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    _results_dir(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "importance",
+        help="Optuna parameter importances (PED-ANOVA) from the study's journal",
+    )
+    p.add_argument("study")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    _results_dir(p)
+    p.set_defaults(func=cmd_importance)
     return parser
 
 
@@ -500,6 +541,252 @@ def cmd_plot(args: argparse.Namespace) -> int:
     for path in report.paths:
         console.print(f"wrote {path}", highlight=False)
     return 0 if report.paths else 1
+
+
+# -- compare / importance -------------------------------------------------------------------
+
+_COMPARE_CSV = (
+    "study",
+    "metric",
+    "mode",
+    "by",
+    "group",
+    "label",
+    "trials",
+    "n",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "failed",
+    "no_value",
+    "baseline",
+    "n_pairs",
+    "n_unmatched",
+    "mean_diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "p_value",
+    "interval",
+)
+
+
+@_handles_errors
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bgl.analysis.compare import compare_groups, plot_comparison, plot_name
+    from bgl.analysis.query import study_path
+
+    rows = load_trials(args.results_dir, args.study)
+    metric = args.metric or primary_metric(rows)
+    if metric is None:
+        raise ResultsError("no metric found in the trials: name one with --metric")
+    result = {
+        "study": args.study,
+        **compare_groups(
+            rows, metric, by=args.by, baseline=args.baseline, bootstrap=args.bootstrap
+        ),
+    }
+    if args.plot:
+        out = study_path(args.results_dir, args.study) / "plots" / plot_name(metric, args.by)
+        result["plot"] = str(plot_comparison(result, out))
+    machine = args.format in ("csv", "json")
+    if args.format == "json":
+        sys.stdout.write(json.dumps(result, indent=2, default=str, allow_nan=False) + "\n")
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=_COMPARE_CSV, lineterminator="\n")
+        writer.writeheader()
+        for entry in _compare_rows(result):
+            writer.writerow({k: "" if _null(v) else v for k, v in entry.items()})
+    elif args.format == "markdown":
+        sys.stdout.write(_compare_markdown(result))
+    else:
+        console = _console()
+        groups, differences = _compare_tables(result)
+        console.print(groups)
+        if differences is not None:
+            console.print(differences)
+    # notes and the plot's path: on stderr where stdout is data (csv, json)
+    console = _console(stderr=machine)
+    if args.format != "markdown":
+        for note in result["notes"]:
+            console.print(f"note: {note}", highlight=False, markup=False)
+    if result.get("plot"):
+        console.print(f"wrote {result['plot']}", highlight=False, markup=False)
+    return 0
+
+
+def _compare_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per group: its statistics, then its paired difference to the baseline."""
+    diffs = {json.dumps(d["group"]): d for d in result["differences"]}
+    out = []
+    for g in result["groups"]:
+        d = diffs.get(json.dumps(g["group"]), {})
+        failed = ", ".join(f"{n} {status}" for status, n in g["failed"].items() if n)
+        out.append(
+            {
+                "study": result.get("study"),
+                "metric": result["metric"],
+                "mode": result["mode"],
+                "by": result["by"],
+                "group": g["group"],
+                "label": g["label"],
+                "trials": g["trials"],
+                "n": g["n"],
+                "mean": g["mean"],
+                "std": g["std"],
+                "ci_low": g["ci_low"],
+                "ci_high": g["ci_high"],
+                "failed": failed,
+                "no_value": g["no_value"],
+                "baseline": result["baseline"],
+                "n_pairs": d.get("n_pairs"),
+                "n_unmatched": d.get("n_unmatched"),
+                "mean_diff": d.get("mean_diff"),
+                "diff_ci_low": d.get("ci_low"),
+                "diff_ci_high": d.get("ci_high"),
+                "p_value": d.get("p_value"),
+                "interval": result["interval"],
+            }
+        )
+    return out
+
+
+def _interval_words(result: Mapping[str, Any]) -> str:
+    level = f"{result['confidence']:.0%}"
+    if result["interval"] == "t":
+        return f"{level} t interval"
+    return (
+        f"{level} percentile bootstrap interval ({result['bootstrap']} resamples, "
+        f"seed {result['bootstrap_seed']})"
+    )
+
+
+def _favours(result: Mapping[str, Any]) -> str:
+    sign = ">" if result["mode"] == "max" else "<"
+    return f"Δ {sign} 0 favours the group"
+
+
+def _baseline_label(result: Mapping[str, Any]) -> str:
+    return str(result["groups"][0]["label"])
+
+
+def _ci(low: Any, high: Any, spec: str) -> str:
+    return "-" if low is None else f"[{_fmt(low, spec)}, {_fmt(high, spec)}]"
+
+
+def _compare_tables(result: Mapping[str, Any]) -> tuple[Table, Table | None]:
+    metric, by, spec = result["metric"], result["by"], _spec(result["metric"])
+    groups = Table(
+        title=f"{result.get('study')}: {metric} by {by} ({result['mode']} is better), "
+        f"{_interval_words(result)} of the mean over seeds",
+        title_justify="left",
+    )
+    groups.add_column(by)
+    for name in ("n", "mean", "std", "95% CI", "left out"):
+        groups.add_column(name, justify="right")
+    for g in result["groups"]:
+        failed = ", ".join(f"{n} {status}" for status, n in g["failed"].items() if n)
+        if g["no_value"]:
+            failed += (", " if failed else "") + f"{g['no_value']} no value"
+        groups.add_row(
+            escape(str(g["label"])),
+            str(g["n"]),
+            _fmt(g["mean"], spec),
+            _fmt(g["std"], spec),
+            _ci(g["ci_low"], g["ci_high"], spec),
+            failed or "-",
+        )
+    if not result["differences"]:
+        return groups, None
+    base = _baseline_label(result)
+    differences = Table(
+        title=f"paired difference to {base}: Δ = group − {base}, matched by seed "
+        f"({_favours(result)})",
+        title_justify="left",
+    )
+    differences.add_column(by)
+    for name in ("pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (paired t)", "CI excl. 0"):
+        differences.add_column(name, justify="right")
+    labels = {json.dumps(g["group"]): g["label"] for g in result["groups"]}
+    for d in result["differences"]:
+        excludes = d["excludes_zero"]
+        differences.add_row(
+            escape(str(labels[json.dumps(d["group"])])),
+            str(d["n_pairs"]),
+            str(d["n_unmatched"]),
+            _fmt(d["mean_diff"], spec),
+            _ci(d["ci_low"], d["ci_high"], spec),
+            _fmt(d["p_value"], ".3g"),
+            "-" if excludes is None else ("yes" if excludes else "no"),
+        )
+    return groups, differences
+
+
+def _compare_markdown(result: Mapping[str, Any]) -> str:
+    """A GitHub/pandoc pipe table: one row per group, its paired difference to the baseline."""
+    spec = _spec(result["metric"])
+    base = _baseline_label(result)
+    lines = [
+        f"**{result['metric']} by {result['by']}** ({result['mode']} is better; "
+        f"{_interval_words(result)} of the mean over seeds; Δ = group − {base}, paired by seed, "
+        f"{_favours(result)})",
+        "",
+        f"| {result['by']} | n | mean ± std | 95% CI | Δ vs {base} | 95% CI of Δ | p (paired t) "
+        "| pairs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for entry in _compare_rows(result):
+        is_base = entry["n_pairs"] is None
+        spread = f" ± {_fmt(entry['std'], spec)}" if entry["std"] is not None else ""
+        cells = [
+            str(entry["label"]).replace("|", "\\|"),
+            str(entry["n"]),
+            _fmt(entry["mean"], spec) + spread,
+            _ci(entry["ci_low"], entry["ci_high"], spec),
+            "—" if is_base else _fmt(entry["mean_diff"], spec),
+            "—" if is_base else _ci(entry["diff_ci_low"], entry["diff_ci_high"], spec),
+            "—" if is_base else _fmt(entry["p_value"], ".3g"),
+            "—" if is_base else str(entry["n_pairs"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if result["notes"]:
+        lines.append("")
+        lines += [f"- note: {note}" for note in result["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+@_handles_errors
+def cmd_importance(args: argparse.Namespace) -> int:
+    from bgl.analysis.compare import param_importances
+
+    found = param_importances(args.results_dir, args.study)
+    if args.format == "json":
+        sys.stdout.write(json.dumps(found, indent=2, allow_nan=False) + "\n")
+        return 0
+    objectives = found["objectives"]
+    first = objectives[0]["importances"]
+    params = sorted(
+        {p for o in objectives for p in o["importances"]}, key=lambda p: -first.get(p, 0)
+    )
+    caption = f"{found['evaluator']} over {found['complete']} complete trials"
+    others = ", ".join(f"{n} {state}" for state, n in found["other_states"].items())
+    if others:
+        caption += f" (left out: {others})"
+    table = Table(
+        title=f"{args.study}: parameter importances (shares of 1)",
+        title_justify="left",
+        caption=caption,
+    )
+    table.add_column("parameter")
+    for o in objectives:
+        table.add_column(f"{escape(o['name'])} ({o['direction']})", justify="right")
+    for p in params:
+        table.add_row(escape(p), *(_fmt(o["importances"].get(p), ".3f") for o in objectives))
+    console = _console()
+    console.print(table)
+    if found["fallback"]:
+        console.print(f"note: {found['fallback']}", highlight=False, markup=False)
+    return 0
 
 
 # -- formatting -----------------------------------------------------------------------------
