@@ -17,6 +17,7 @@ from bgl.metrics.segmentation import (
     IOU_KEYS,
     NUM_CLASSES,
     TABLE2_ABBREVIATIONS,
+    TABLE2_HEADERS,
     SegmentationMeter,
     confusion_matrix,
     iou_from_confusion,
@@ -57,9 +58,17 @@ def test_table2_layout_and_unique_keys():
     assert len(CITYSCAPES_CLASSES) == NUM_CLASSES == len(set(CLASS_KEYS)) == 19
     assert (NUM_CLASSES, IGNORE_INDEX) == (acdc.NUM_CLASSES, acdc.IGNORE_INDEX)
     keys = dict(zip(CITYSCAPES_CLASSES, IOU_KEYS))
-    assert keys["road"] == "iou_ro" and keys["bicycle"] == "iou_bi"
-    assert (keys["building"], keys["bus"]) == ("iou_bu", "iou_bu2")
-    assert (keys["truck"], keys["train"]) == ("iou_tr", "iou_tr2")
+    assert keys["road"] == "iou_road" and keys["bicycle"] == "iou_bicycle"
+    assert keys["traffic light"] == "iou_traffic_light" and keys["train"] == "iou_train"
+    # the paper's BU and TR each head two classes: those are headed by their names
+    headers = dict(zip(CITYSCAPES_CLASSES, TABLE2_HEADERS))
+    assert [headers[c] for c in ("building", "bus", "truck", "train")] == [
+        "building",
+        "bus",
+        "truck",
+        "train",
+    ]
+    assert (headers["road"], headers["motorcycle"], headers["sky"]) == ("RO", "MO", "SK")
 
 
 def test_confusion_matrix_small_example():
@@ -115,8 +124,8 @@ def test_meter_detects_a_disagreement():
 def test_iou_metrics_keys_leave_out_undefined_classes():
     pred, target = _random_maps(4)
     metrics = iou_metrics(iou_from_confusion(confusion_matrix(pred, target)))
-    assert "iou_fe" not in metrics and "iou_tr2" not in metrics  # classes 4 and 16 are absent
-    assert set(metrics) == {"miou"} | (set(IOU_KEYS) - {"iou_fe", "iou_tr2"})
+    assert "iou_fence" not in metrics and "iou_train" not in metrics  # classes 4, 16 are absent
+    assert set(metrics) == {"miou"} | (set(IOU_KEYS) - {"iou_fence", "iou_train"})
     assert all(math.isfinite(v) for v in metrics.values())
     empty = SegmentationMeter().compute()
     assert torch.isnan(empty).all() and math.isnan(mean_iou(empty))

@@ -15,9 +15,10 @@ detection: rank, score, true_positive, precision, recall, num_gt) and `pr_curve.
 
 `segment` prints one row in the layout of the paper's Table 2: the IoU (in %) of the 19
 Cityscapes classes, then mIoU. A class that occurs neither in the test labels nor in the
-predictions has no IoU and is shown as "-" (it is left out of the mIoU). --json writes IoUs as
-fractions under unique keys (iou_bu = building, iou_bu2 = bus, iou_tr = truck, iou_tr2 = train;
-see `bgl.metrics.segmentation`).
+predictions has no IoU and is shown as "-" (it is left out of the mIoU). Headers use Table 2's
+abbreviations where they name one class and the class name for building, truck, bus and train
+(the paper heads both pairs BU and TR). --json writes IoUs as fractions under the classes'
+Cityscapes names (iou_road, iou_traffic_light, ...; see `bgl.metrics.segmentation`).
 
 Library imports happen inside the handlers so `bgl --help` stays fast.
 """
@@ -56,10 +57,10 @@ SEGMENT_HELP = """`bgl eval segment`: the paper's Table 2 (per-class IoU and mIo
     bgl eval segment --checkpoint results/runs/paper_segment/checkpoint.pt --data-root /data/ACDC
 
 prints one row in the layout of the paper's Table 2: the IoU (in %) of the 19 Cityscapes
-classes, RO SI BU WA FE PO TL TS VE TE SK PE RI CA TR BU TR MO BI, then mIoU. A class that
-occurs neither in the test labels nor in the predictions has no IoU and is shown as "-" (it is
-left out of the mIoU). --json writes IoUs as fractions under unique keys (iou_bu = building,
-iou_bu2 = bus, iou_tr = truck, iou_tr2 = train; see `bgl.metrics.segmentation`)."""
+classes, then mIoU, headed RO SI building WA FE PO TL TS VE TE SK PE RI CA truck bus train MO BI
+(Table 2's abbreviations where they name one class). A class that occurs neither in the test
+labels nor in the predictions has no IoU and is shown as "-" (it is left out of the mIoU). --json
+writes IoUs as fractions under the classes' Cityscapes names (iou_road, ..., iou_bicycle)."""
 
 #: Decimal places per metric in the printed table.
 DECIMALS = {
@@ -345,7 +346,7 @@ def add_eval_segment_command(eval_subparsers: Any) -> argparse.ArgumentParser:
 
 def run_eval_segment(args: argparse.Namespace, console: Console | None = None) -> int:
     """Handler of `bgl eval segment`: load, evaluate on the test split, print; exit code."""
-    from bgl.metrics.segmentation import CITYSCAPES_CLASSES, IOU_KEYS, TABLE2_ABBREVIATIONS
+    from bgl.metrics.segmentation import CITYSCAPES_CLASSES, IOU_KEYS, TABLE2_HEADERS
 
     if console is None:
         console = Console()
@@ -358,8 +359,8 @@ def run_eval_segment(args: argparse.Namespace, console: Console | None = None) -
     title = f"{cfg.name}: {cfg.data.name} test split, {n_images} images (step {run.step})"
     table = Table(title=title, box=box.SIMPLE_HEAD)
     table.add_column("Method", no_wrap=True)
-    for abbr in TABLE2_ABBREVIATIONS:
-        table.add_column(abbr, justify="right", no_wrap=True)
+    for header in TABLE2_HEADERS:
+        table.add_column(header, justify="right", no_wrap=True)
     table.add_column("mIoU", justify="right", no_wrap=True)
     row = [f"{cfg.name} ({cfg.solver.name.upper()})"]
     row += [f"{100 * results[k]:.1f}" if k in results else "-" for k in IOU_KEYS]
@@ -368,7 +369,7 @@ def run_eval_segment(args: argparse.Namespace, console: Console | None = None) -
     console.print(table)
     console.print(
         "IoU in %; "
-        + ", ".join(f"{a} {c}" for a, c in zip(TABLE2_ABBREVIATIONS, CITYSCAPES_CLASSES))
+        + ", ".join(f"{h} {c}" for h, c in zip(TABLE2_HEADERS, CITYSCAPES_CLASSES) if h != c)
     )
     if args.json_path:
         row_json = {

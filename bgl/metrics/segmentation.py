@@ -9,10 +9,10 @@ the mean (Cityscapes' rule, and torchmetrics' "macro" average).
 `torch.bincount` confusion matrix and torchmetrics' `MulticlassJaccardIndex`, and `compute()`
 fails if they disagree, so an error in either (ignore handling, class order) cannot go unnoticed.
 
-Metric keys: Table 2 abbreviates two pairs of classes alike (BU: building and bus; TR: truck and
-train). Keys are `iou_<abbr>` in lower case with the *second* class of a pair suffixed by `2`:
-building `iou_bu`, bus `iou_bu2`, truck `iou_tr`, train `iou_tr2`; printed headers keep the
-paper's two letters.
+Metric keys name each class by its Cityscapes name (`iou_road`, `iou_traffic_light`, `iou_bus`):
+Table 2 abbreviates two pairs of classes alike (BU: building and bus; TR: truck and train), so
+its two letters are used as printed headers only where they are unambiguous; the four others
+are headed by their names.
 """
 
 from __future__ import annotations
@@ -36,19 +36,15 @@ NUM_CLASSES = len(CITYSCAPES_CLASSES)
 IGNORE_INDEX = 255
 
 
-def _unique_keys(abbreviations: tuple[str, ...]) -> tuple[str, ...]:
-    seen: dict[str, int] = {}
-    keys = []
-    for abbr in abbreviations:
-        seen[abbr] = seen.get(abbr, 0) + 1
-        suffix = "" if seen[abbr] == 1 else str(seen[abbr])
-        keys.append(f"{abbr.lower()}{suffix}")
-    return tuple(keys)
-
-
-#: Unique lower-case keys per class (bu / bu2, tr / tr2); metrics are named `iou_<key>`.
-CLASS_KEYS: tuple[str, ...] = _unique_keys(TABLE2_ABBREVIATIONS)
+#: One key per class, its Cityscapes name (`traffic light` -> `traffic_light`); metrics are
+#: named `iou_<key>`.
+CLASS_KEYS: tuple[str, ...] = tuple(name.replace(" ", "_") for name in CITYSCAPES_CLASSES)
 IOU_KEYS: tuple[str, ...] = tuple(f"iou_{k}" for k in CLASS_KEYS)
+#: Printed column headers: the paper's abbreviation where it names one class, else the name.
+TABLE2_HEADERS: tuple[str, ...] = tuple(
+    abbr if TABLE2_ABBREVIATIONS.count(abbr) == 1 else name
+    for abbr, name in zip(TABLE2_ABBREVIATIONS, CITYSCAPES_CLASSES)
+)
 
 
 def confusion_matrix(
@@ -92,7 +88,7 @@ def mean_iou(iou: torch.Tensor) -> float:
 
 
 def iou_metrics(iou: torch.Tensor) -> dict[str, float]:
-    """{"miou": ..., "iou_ro": ..., ..., "iou_bi": ...} from 19 per-class IoUs.
+    """{"miou": ..., "iou_road": ..., ..., "iou_bicycle": ...} from 19 per-class IoUs.
 
     A class without an IoU (NaN) has no key at all: the training loop treats a non-finite
     metric as divergence, and a Parquet row stores the missing column as null.

@@ -181,7 +181,7 @@ class SegmentTask(Task):
     def evaluate(
         self, upper: nn.Module, lower: nn.Module, batches: Iterable[Batch]
     ) -> dict[str, float]:
-        """mIoU and per-class IoU (`iou_ro` ... `iou_bi`) over the set, plus the losses.
+        """mIoU and per-class IoU (`iou_road` ... `iou_bicycle`) over the set, plus the losses.
 
         IoU comes from one confusion matrix over every labelled pixel of the set, cross-checked
         against torchmetrics (`SegmentationMeter`); classes that occur neither in the labels nor
