@@ -1,4 +1,4 @@
-"""`bgl results ...`: list, show, query, export and plot study results.
+"""`bgl results ...`: list, show, query, export, plot and compare study results.
 
 ```
 bgl results list
@@ -70,7 +70,7 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add `results` and its sub-commands to an `add_subparsers()` object; returns `results`."""
     parser = subparsers.add_parser(
         "results",
-        help="list, show, query, export and plot study results",
+        help="list, show, query, export, plot and compare study results",
         description=__doc__.split("\n\n")[0],
     )
     parser.add_argument(
@@ -601,10 +601,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         sys.stdout.write(_compare_markdown(result))
     else:
         console = _console()
-        groups, differences = _compare_tables(result)
-        console.print(groups)
-        if differences is not None:
-            console.print(differences)
+        for part in _compare_tables(result):  # headings as lines: rich wraps a long title
+            console.print(part, highlight=False)
     # notes and the plot's path: on stderr where stdout is data (csv, json)
     console = _console(stderr=machine)
     if args.format != "markdown":
@@ -674,13 +672,14 @@ def _ci(low: Any, high: Any, spec: str) -> str:
     return "-" if low is None else f"[{_fmt(low, spec)}, {_fmt(high, spec)}]"
 
 
-def _compare_tables(result: Mapping[str, Any]) -> tuple[Table, Table | None]:
+def _compare_tables(result: Mapping[str, Any]) -> list[str | Table]:
+    """Headings and tables: the groups, then their paired differences to the baseline."""
     metric, by, spec = result["metric"], result["by"], _spec(result["metric"])
-    groups = Table(
-        title=f"{result.get('study')}: {metric} by {by} ({result['mode']} is better), "
-        f"{_interval_words(result)} of the mean over seeds",
-        title_justify="left",
-    )
+    parts: list[str | Table] = [
+        f"{escape(str(result.get('study')))}: {escape(metric)} by {escape(by)} "
+        f"({result['mode']} is better); {_interval_words(result)} of the mean over seeds"
+    ]
+    groups = Table()
     groups.add_column(by)
     for name in ("n", "mean", "std", "95% CI", "left out"):
         groups.add_column(name, justify="right")
@@ -696,14 +695,15 @@ def _compare_tables(result: Mapping[str, Any]) -> tuple[Table, Table | None]:
             _ci(g["ci_low"], g["ci_high"], spec),
             failed or "-",
         )
+    parts.append(groups)
     if not result["differences"]:
-        return groups, None
-    base = _baseline_label(result)
-    differences = Table(
-        title=f"paired difference to {base}: Δ = group − {base}, matched by seed "
-        f"({_favours(result)})",
-        title_justify="left",
+        return parts
+    base = escape(_baseline_label(result))
+    parts.append(
+        f"paired difference to {base} over the seeds both ran: Δ = group − {base} "
+        f"({_favours(result)})"
     )
+    differences = Table()
     differences.add_column(by)
     for name in ("pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (paired t)", "CI excl. 0"):
         differences.add_column(name, justify="right")
@@ -719,7 +719,8 @@ def _compare_tables(result: Mapping[str, Any]) -> tuple[Table, Table | None]:
             _fmt(d["p_value"], ".3g"),
             "-" if excludes is None else ("yes" if excludes else "no"),
         )
-    return groups, differences
+    parts.append(differences)
+    return parts
 
 
 def _compare_markdown(result: Mapping[str, Any]) -> str:
@@ -768,22 +769,22 @@ def cmd_importance(args: argparse.Namespace) -> int:
     params = sorted(
         {p for o in objectives for p in o["importances"]}, key=lambda p: -first.get(p, 0)
     )
-    caption = f"{found['evaluator']} over {found['complete']} complete trials"
+    using = f"{found['evaluator']} over {found['complete']} complete trials"
     others = ", ".join(f"{n} {state}" for state, n in found["other_states"].items())
     if others:
-        caption += f" (left out: {others})"
-    table = Table(
-        title=f"{args.study}: parameter importances (shares of 1)",
-        title_justify="left",
-        caption=caption,
-    )
+        using += f" (left out: {others})"
+    table = Table()
     table.add_column("parameter")
     for o in objectives:
         table.add_column(f"{escape(o['name'])} ({o['direction']})", justify="right")
     for p in params:
         table.add_row(escape(p), *(_fmt(o["importances"].get(p), ".3f") for o in objectives))
     console = _console()
+    console.print(
+        f"{args.study}: parameter importances (shares of 1)", highlight=False, markup=False
+    )
     console.print(table)
+    console.print(using, highlight=False, markup=False)
     if found["fallback"]:
         console.print(f"note: {found['fallback']}", highlight=False, markup=False)
     return 0
