@@ -758,7 +758,7 @@ def _compare_markdown(result: Mapping[str, Any]) -> str:
 
 @_handles_errors
 def cmd_importance(args: argparse.Namespace) -> int:
-    from bgl.analysis.compare import param_importances
+    from bgl.analysis.importance import param_importances
 
     found = param_importances(args.results_dir, args.study)
     if args.format == "json":

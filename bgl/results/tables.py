@@ -23,6 +23,10 @@ from bgl.results.report import FINAL_KEY, REPLAYED_KEY, TRIAL_END_KEY
 
 TRIALS = "trials"
 HISTORY = "history"
+#: the study's Optuna journal (written by the study driver, read by `bgl results importance`)
+OPTUNA_JOURNAL = "optuna.journal"
+#: user attribute of an Optuna trial: the Tune trial that runs it (= the row's trial_id)
+TUNE_TRIAL_ATTR = "tune_trial_id"
 #: Tune-config key of a designed (not searched) trial's identity, e.g. a transfer study's
 #: {stage, model, source_task, strategy, target_task}; its fields become columns of the row
 DESIGN_KEY = "transfer"

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from bgl.config import ConfigError
+from bgl.results.tables import OPTUNA_JOURNAL, TUNE_TRIAL_ATTR  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-JOURNAL = "optuna.journal"
+JOURNAL = OPTUNA_JOURNAL
 DRIVER_LOCK = "driver.lock"
-#: user attribute of an Optuna trial: the Tune trial that runs it (None: nobody runs it)
-TUNE_TRIAL_ATTR = "tune_trial_id"
 
 
 @contextmanager
