@@ -121,6 +121,11 @@ def test_shipped_transfer_study_is_the_papers_design():
         ("M_d", "enhance", "ibgl"),
     ]
     assert t.target_tasks == ["enhance", "detect", "segment"]
+    # a detection source trains with the paper's detection optimiser, enhancement with Adam
+    by_task = {s.source_task: s for s in t.sources() if s.strategy == "ibgl"}
+    for task, optimizer, lower_lr in (("detect", "sgd", 5e-4), ("enhance", "adam", 3e-3)):
+        cfg, _, _ = study.transfer_trial(by_task[task].identity(), f"src-{task}")
+        assert (cfg.optim.optimizer, cfg.optim.lower_lr) == (optimizer, lower_lr)
 
 
 def test_a_target_of_another_task_trains_on_the_frozen_source_generator(tmp_path):
