@@ -1,8 +1,12 @@
-"""`bgl study run`: run, resume or extend a study (local Ray, or a cluster)."""
+"""`bgl study run`: run, resume or extend a study (local Ray, or a cluster); `bgl study plan`: the
+trials it will run, without Ray."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import sys
 from typing import Any
 
 from bgl.cli.args import add_set_argument, console
@@ -32,6 +36,11 @@ def add_study_command(subparsers: Any) -> None:
         "--dashboard", action="store_true", help="local mode: Ray dashboard on 127.0.0.1"
     )
     s.set_defaults(func=study_run_command)
+    p = ssub.add_parser("plan", help="list the trials a study will run (starts no Ray)")
+    p.add_argument("study", help="study YAML (e.g. studies/solver_ablation.yaml)")
+    add_set_argument(p, "a study key, e.g. --set search.num_samples=12")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=study_plan_command)
 
 
 def study_run_command(args: argparse.Namespace) -> int:
@@ -50,3 +59,137 @@ def study_run_command(args: argparse.Namespace) -> int:
     show = "show transfer" if study.transfer is not None else "show"
     console.print(f"results: {folder} (bgl results {show} {study.name})")
     return 0
+
+
+def study_plan_command(args: argparse.Namespace) -> int:
+    from bgl.study.preview import plan_trials
+    from bgl.study.schema import load_study
+
+    if args.format == "json":
+        with contextlib.redirect_stdout(sys.stderr):  # log lines (warnings) stay out of the JSON
+            plan = plan_trials(load_study(args.study, args.set))
+        print(json.dumps(plan, indent=2, default=str))
+        return 0
+    plan = plan_trials(load_study(args.study, args.set))
+    _print_plan(plan)
+    return 0
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    r = plan["resources"]
+    trials = plan["trials"]
+    transfer = plan["type"] == "transfer"
+    objectives = ", ".join(f"{o['metric']} ({o['mode']})" for o in plan["objectives"])
+    if transfer:
+        stage1 = sum(row["stage"] == 1 for row in trials)
+        sampler = (
+            f"fixed two-stage design: {stage1} stage-1 sources (rows 1-{stage1}) train F, then "
+            f"{len(trials) - stage1} stage-2 targets on each frozen F"
+        )
+        objectives = f"each trial's task metric: {objectives}"
+    else:
+        sampler = plan["sampler"] + (
+            f", scheduler {plan['scheduler']}" if plan["scheduler"] else ""
+        )
+    # a setting every trial shares goes in the header, not in a column
+    shared = {
+        name: values.pop()
+        for name, values in (
+            ("task", {row["task"] for row in trials}),
+            ("data", {_value(row["settings"]["data.name"]) for row in trials}),
+        )
+        if len(values) == 1 and None not in values and not transfer
+    }
+    lines = [
+        f"[bold]{escape(plan['study'])}[/bold] ({plan['type']}) from {escape(str(plan['source']))}",
+        f"sampler: {sampler}",
+        f"objective: {escape(objectives)}",
+        f"trials: {plan['num_trials']}; per trial: {r['workers_per_trial']} worker(s) x "
+        f"{r['cpus_per_worker']:g} CPU, {r['gpus_per_worker']:g} GPU ({r['launcher']}); "
+        f"at most {r['max_concurrent_trials']} at once",
+    ]
+    if shared:
+        lines.append("; ".join(f"{name}: {escape(str(value))}" for name, value in shared.items()))
+    if plan["space"]:
+        ranges = "; ".join(
+            f"{s['path']} {s['type']} {s['range']}"
+            + (f" ({', '.join(s['solvers'])} only)" if s.get("solvers") else "")
+            for s in plan["space"]
+        )
+        lines.append(f"sampled by {plan['sampler']}: {escape(ranges)}")
+    for line in lines:
+        console.print(line, highlight=False)
+    if transfer:
+        columns = ["#", "trial", "source F", "metric", "data"]
+    else:
+        columns = ["#", "trial"] + (["task"] if "task" not in shared else [])
+        columns += ["solver", "parameters"] + (["data"] if "data" not in shared else [])
+    table = Table()
+    for column in [*columns, "k", "warm+steps"]:
+        table.add_column(column, justify="right" if column in ("#", "k") else "left")
+    for first, last, row in _collapse(trials):
+        s = row["settings"]
+        cells = {
+            "#": str(first) if first == last else f"{first}-{last}",
+            "k": _value(s["solver.k"]),
+            "warm+steps": f"{_value(s['train.warm_steps'])}+{_value(s['train.steps'])}",
+            "data": _value(s["data.name"]),
+        }
+        if transfer:
+            target = row["target_task"]
+            cells["trial"] = row["model"] + (f" -> {target}" if target else "")
+            cells["source F"] = f"{row['source_task']}/{row['strategy']}"
+            cells["metric"] = row["objective"]["metric"]
+        else:
+            cells["trial"] = _kind(row, plan["sampler"], last - first + 1)
+            cells["task"] = row["task"] or "sampled"
+            cells["solver"] = row["solver"] or "sampled"
+            cells["parameters"] = _params(row)
+        table.add_row(*(escape(cells[c]) for c in [*columns, "k", "warm+steps"]))
+    console.print(table)
+
+
+def _collapse(trials: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:
+    """Consecutive sampled rows that are alike become one row (first index, last index, row)."""
+    out: list[tuple[int, int, dict[str, Any]]] = []
+    for row in trials:
+        if out and row["kind"] == "sampled" and out[-1][2]["kind"] == "sampled":
+            first, _, prev = out[-1]
+            if {**prev, "index": 0} == {**row, "index": 0}:
+                out[-1] = (first, row["index"], prev)
+                continue
+        out.append((row["index"], row["index"], row))
+    return out
+
+
+def _kind(row: dict[str, Any], sampler: str, count: int) -> str:
+    if row["kind"] == "sampled":
+        return sampler + (f" x{count}" if count > 1 else "")
+    if row["kind"] == "grid" and row.get("sample", 1) > 1:
+        return f"grid #{row['sample']}"
+    return row["kind"]
+
+
+def _params(row: dict[str, Any]) -> str:
+    """One line each: the fixed values, what the sampler draws, the unused keys of a point."""
+    lines = [
+        f"{path}={value}"
+        for path, value in row["params"].items()
+        if path not in ("task.name", "solver.name")
+    ]
+    sampled = [p for p in row["sampled"] if p not in ("task.name", "solver.name")]
+    if sampled:
+        lines.append("sampled: " + ", ".join(sampled))
+    if row.get("ignored"):
+        lines.append("ignored (never asked): " + ", ".join(row["ignored"]))
+    return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    """A setting: its value, or per solver where it differs (`naive 1, ibgl 1..4`)."""
+    if isinstance(value, dict):
+        return "\n".join(f"{solver} {v}" for solver, v in value.items())
+    return str(value)
