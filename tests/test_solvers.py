@@ -79,7 +79,7 @@ def test_tbgl_error_shrinks_with_delta():
 
 
 @pytest.mark.parametrize("delta", [1e-3, 1.0, 10.0])
-def test_tbgl_closed_form_onquadratic_problem(delta):
+def test_tbgl_closed_form_on_quadratic(delta):
     # L_G is bilinear in (θ, ω), so the central difference is exact for every δ: this pins the
     # 2ε denominator (a `/ 2 * eps` slip would be off by a factor ε²).
     problem, k = quadratic_problem()
@@ -90,7 +90,7 @@ def test_tbgl_closed_form_onquadratic_problem(delta):
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_ibgl_closed_form_onquadratic_problem():
+def test_ibgl_closed_form_on_quadratic():
     problem, k = quadratic_problem(seed=3)
     th, om = k["theta"], k["omega"]
     f_theta = th - k["t"]
