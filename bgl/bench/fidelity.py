@@ -594,25 +594,26 @@ def render_markdown(rows: list[dict[str, Any]]) -> str:
         f"smallest cosine). Plot: `{r0.get('plot', 'fidelity-*.png')}`. Regenerate with "
         f"`{README_COMMAND}` ({r0['wall_s']:.0f} s here).",
         "",
-        "Relative error ‖h − h*‖/‖h*‖, median / worst over θ₀:",
-        "",
-        "| k | ‖θ_k − θ*‖/‖θ*‖ | " + " | ".join(labels[v] for v in variants) + " |",
-        "|---|---|" + "---|" * len(variants),
     ]
-    for k in ks:
-        gap = next(s["theta_gap_median"] for (_, kk), s in k_rows.items() if kk == k)
-        cells = [_cell(k_rows.get((v, k)), "rel_error", ".2e") for v in variants]
-        lines.append(f"| {k} | {gap:.1e} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Cosine to h*, median / worst over θ₀:",
-        "",
-        "| k | " + " | ".join(labels[v] for v in variants) + " |",
-        "|---|" + "---|" * len(variants),
-    ]
-    for k in ks:
-        cells = [_cell(k_rows.get((v, k)), "cosine", ".4f") for v in variants]
-        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    gaps = {k: next(s["theta_gap_median"] for (_, kk), s in k_rows.items() if kk == k) for k in ks}
+    header = " | ".join(labels[v] for v in variants)
+    for title, key, fmt, gap_column in (
+        ("Relative error ‖h − h*‖/‖h*‖", "rel_error", ".2e", True),
+        ("Cosine to h*", "cosine", ".4f", False),
+    ):
+        gap_head = "‖θ_k − θ*‖/‖θ*‖ | " if gap_column else ""
+        lines += [
+            f"{title}, median / worst over θ₀:",
+            "",
+            f"| k | {gap_head}{header} |",
+            "|---|" + "---|" * (len(variants) + gap_column),
+        ]
+        for k in ks:
+            gap = f"{gaps[k]:.1e} | " if gap_column else ""
+            cells = [_cell(k_rows.get((v, k)), key, fmt) for v in variants]
+            lines.append(f"| {k} | {gap}" + " | ".join(cells) + " |")
+        lines.append("")
+    lines.pop()  # no blank line after the last table
     for name in solvers_using("eps"):
         lines += ["", _eps_paragraph(rows, k_rows, name, labels)]
     for name in solvers_using("iterations"):

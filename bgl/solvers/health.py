@@ -30,14 +30,14 @@ def ibgl_coefficient(
 def lower_health(
     f_theta: Grads, g_theta: Grads, *, eps: float = 1e-12, relative_damping: float = 0.0
 ) -> dict[str, float]:
-    """‖∇_θ L_G‖, cos(∇_θ L_F, ∇_θ L_G) and IBGL's coefficient, as floats."""
+    """‖∇_θ L_G‖, cos(∇_θ L_F, ∇_θ L_G) and IBGL's coefficient, as floats (from the three inner
+    products, each formed once)."""
     ff, gg, fg = (
         float(dot(a, b)) for a, b in ((f_theta, f_theta), (g_theta, g_theta), (f_theta, g_theta))
     )
     denom = (ff * gg) ** 0.5
-    coef = ibgl_coefficient(f_theta, g_theta, eps=eps, relative_damping=relative_damping)
     return {
         "lower_grad_norm": gg**0.5,
         "upper_lower_cos": fg / denom if denom > 0 else 0.0,
-        "ibgl_coef": float(coef),
+        "ibgl_coef": fg / (gg + relative_damping * ff + eps),
     }

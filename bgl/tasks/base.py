@@ -13,7 +13,7 @@ plus task-specific keys (boxes, label maps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -57,6 +57,14 @@ class Task(ABC):
     @abstractmethod
     def upper_loss(self, upper: nn.Module, lower: nn.Module, batch: Batch) -> torch.Tensor:
         """L_F(ω, θ) on a validation batch."""
+
+    #: Optional split of L_G into G's outputs and the criterion on them (`lower_loss(F, G, b) ==
+    #: lower_criterion(lower_prediction(F, G, b), b)`), for Gauss-Newton curvature; every bgl task
+    #: defines both, a task without them just cannot use `solver.curvature: gauss_newton`.
+    lower_prediction: Callable[[nn.Module, nn.Module, Batch], tuple[torch.Tensor, ...]] | None = (
+        None
+    )
+    lower_criterion: Callable[[tuple[torch.Tensor, ...], Batch], torch.Tensor] | None = None
 
     def upper_input(self, batch: Batch) -> torch.Tensor:
         """F's input in a batch. Both bilevel losses must call `upper` once, on this very tensor

@@ -93,10 +93,11 @@ class Trainer:
             self.task.lower_loss,
             self.task.upper_loss,
             upper_input=self.task.upper_input,
-            lower_prediction=getattr(self.task, "lower_prediction", None),
-            lower_criterion=getattr(self.task, "lower_criterion", None),
+            lower_prediction=self.task.lower_prediction,
+            lower_criterion=self.task.lower_criterion,
         )
         self.solver = get_solver(cfg.solver.name)
+        self.solver_settings = dataclasses.asdict(cfg.solver)  # fixed for the run
         # Eq. 9's coefficient drives the update of the solvers that read its damping (IBGL)
         self.budget = Budget(self.upper, self.lower)
         self.health = HealthMonitor(uses_coefficient="relative_damping" in self.solver.keys)
@@ -202,7 +203,7 @@ class Trainer:
             self.problem,
             train_batch,
             val_batch,
-            dataclasses.asdict(self.cfg.solver),
+            self.solver_settings,
             reduce=self.reduce,
             lower_lr=lower_lr,
             train_upper_out=train_upper_out,
