@@ -27,8 +27,11 @@ TYPES = {
 WARNING = "step 6: IBGL's coefficient is 120 (it started at 0.5): Eq. 9 degrades"
 
 
-def _history(*, health: bool, aid: bool = False, coef: float = 0.5) -> list[dict[str, Any]]:
-    """A warm row, then bilevel train rows (with the health columns when `health`) and evals."""
+def _history(
+    *, health: bool, aid: bool = False, coef: float = 0.5, naive: bool = False
+) -> list[dict[str, Any]]:
+    """A warm row, then bilevel train rows (with the health columns when `health`; naive's
+    exactly-zero coupling ratio when `naive`) and evals."""
     rows: list[dict[str, Any]] = [
         {"step": 0, "kind": "train", "phase": "warm", "elapsed_s": 0.0, "warm_loss": 1.0}
     ]
@@ -39,7 +42,10 @@ def _history(*, health: bool, aid: bool = False, coef: float = 0.5) -> list[dict
                 "lower_grad_norm": 10.0 ** (-step),  # decades: the log axis
                 "upper_lower_cos": 0.2 * step / 6,
                 "ibgl_coef": coef * 10 ** (step / 2),  # explodes: the symlog axis
+                "coupling_ratio": 10 ** (-step / 3),
             }
+        if naive:
+            row["coupling_ratio"] = 0.0  # no line on the log axis
         if aid:
             row |= {"aid_residual": 1e-3, "aid_products": 5.0}
         rows.append(row)
@@ -61,7 +67,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
            **common)  # fmt: skip
     _trial(g, "gamma", "b1", "tbgl", psnr=None, status="diverged", error="nan",
            params={"solver.delta": 0.01}, history=_history(health=True), **common)  # fmt: skip
-    _trial(g, "gamma", "n1", "naive", psnr=20.0, history=_history(health=False), **common)
+    _trial(g, "gamma", "n1", "naive", psnr=20.0, history=_history(health=False, naive=True),
+           **common)  # fmt: skip
     _trial(g, "gamma", "old", "ibgl", psnr=21.0, params={"solver.k": 4},
            history=_history(health=False), **common)  # fmt: skip
     _trial(results / "delta", "delta", "n2", "naive", psnr=19.0, history=_history(health=False))
@@ -78,12 +85,13 @@ def test_health_figure_panels_lines_and_skipped_trials(results: Path) -> None:
         "lower_grad_norm": "log",
         "upper_lower_cos": "linear",
         "ibgl_coef": "symlog",  # changes sign (aid's is negative) and spans decades
+        "coupling_ratio": "log",
     }
     axes = drawn.figure.axes
-    assert len(axes) == 3
-    assert [ax.get_yscale() for ax in axes] == ["log", "linear", "symlog"]
+    assert len(axes) == 4
+    assert [ax.get_yscale() for ax in axes] == ["log", "linear", "symlog", "log"]
     # the cos panel also has the health monitor's ±limit lines
-    assert [len(ax.get_lines()) for ax in axes] == [3, 3 + 2, 3]
+    assert [len(ax.get_lines()) for ax in axes] == [3, 3 + 2, 3, 3]
     colours = [line.get_color() for line in axes[0].get_lines()]
     assert colours == [SOLVERS[s].colour for s in ("aid", "ibgl", "tbgl")]
     styles = [line.get_linestyle() for line in axes[0].get_lines()]

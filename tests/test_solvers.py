@@ -158,6 +158,35 @@ def test_naive_is_upper_gradient_only():
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_coupling_ratio_is_the_distance_from_the_direct_gradient(solver):
+    """With diagnostics, h is unchanged and ‖h − ∇ωL_F‖ / ‖∇ωL_F‖ is reported, ∇ωL_F taken by
+    autograd at the θ the solver differentiates L_F at (TBGL: the unrolled θ')."""
+    problem, train, val = nonlinear_problem(seed=8)
+    lr, settings = 0.3, {"delta": 1e-4, "damping": 0.1, "iterations": 4}
+    plain = hypergradient(solver, problem, train, val, lower_lr=lr, **settings)
+    info: dict[str, float] = {}
+    got = hypergradient(solver, problem, train, val, lower_lr=lr, diagnostics=info, **settings)
+    for a, b in zip(got, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    at = copy.deepcopy(problem)
+    if get_solver(solver).unrolled:
+        loss = problem.lower_loss(at.upper, at.lower, train)
+        step = torch.autograd.grad(loss, list(at.lower.parameters()))
+        with torch.no_grad():
+            for p, g in zip(at.lower.parameters(), step):
+                p.sub_(lr * g)
+    direct = torch.autograd.grad(
+        problem.upper_loss(at.upper, at.lower, val), list(at.upper.parameters())
+    )
+    flat = torch.cat([g.reshape(-1) for g in direct])
+    h = torch.cat([g.reshape(-1) for g in got])
+    assert info["direct_grad_norm"] == pytest.approx(float(flat.norm()), rel=1e-10)
+    expected = float((h - flat).norm() / flat.norm())
+    assert info["coupling_ratio"] == pytest.approx(expected, rel=1e-8, abs=1e-14)
+    assert (expected > 1e-3) == (solver != "naive")  # the check can tell the solvers apart
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
 def test_no_side_effects(solver):
     problem, train, val = nonlinear_problem(batchnorm=True, seed=6)
     mods = (problem.upper, problem.lower)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bgl.results.report import BUDGET_COLUMNS, flatten_summary
-from bgl.solvers import HEALTH_KEYS, SOLVER_NAMES, get_solver, hypergradient
+from bgl.solvers import COUPLING_KEYS, HEALTH_KEYS, SOLVER_NAMES, get_solver, hypergradient
 from bgl.train.health import BilevelHealthWarning, HealthMonitor
 from bgl.train.loop import Trainer
 
@@ -76,8 +76,9 @@ def test_loop_applies_the_direct_hypergradient(tiny_config, solver, task):
     assert any(float(g.abs().sum()) > 0 for g in h)
     h_norm = float(torch.stack([g.norm() for g in h]).norm())
     assert info["hypergrad_norm"] == pytest.approx(h_norm, rel=1e-4)
-    reports = "diagnostics" in spec.context
-    assert (set(HEALTH_KEYS) <= set(info)) == reports
+    assert set(COUPLING_KEYS) <= set(info)  # every solver: h = ∇ωL_F + coupling
+    assert (set(HEALTH_KEYS) <= set(info)) == (solver != "naive")  # naive forms no ∇θ
+    assert info["coupling_ratio"] >= 0 and (solver != "naive" or info["coupling_ratio"] == 0)
 
 
 def test_health_is_in_the_history_and_survives_a_resume(tiny_config, tmp_path):
@@ -89,6 +90,11 @@ def test_health_is_in_the_history_and_survives_a_resume(tiny_config, tmp_path):
     assert rows and all(set(HEALTH_KEYS) <= set(r) for r in rows)
     assert all(r["lower_grad_norm"] > 0 and -1 <= r["upper_lower_cos"] <= 1 for r in rows)
     assert all(r["aid_products"] == 2 for r in rows)
+    coupling = trainer.summary()["coupling"]
+    ratios = [r["coupling_ratio"] for r in rows]
+    assert all(v > 0 for v in ratios)
+    assert coupling["ratio_mean"] == pytest.approx(sum(ratios) / 2)
+    assert coupling["ratio_last"] == ratios[-1]
     trainer.health.first_coef = 0.123
     trainer.save(tmp_path / "run" / "checkpoint.pt")
     resumed = Trainer(cfg)

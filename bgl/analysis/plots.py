@@ -192,6 +192,7 @@ HEALTH_PANELS = (
     ("lower_grad_norm", r"$\|\nabla_\theta L_G\|$", "log"),
     ("upper_lower_cos", r"$\cos(\nabla_\theta L_F, \nabla_\theta L_G)$", "linear"),
     ("ibgl_coef", "IBGL coefficient $c$ (Eq. 9)", "symlog"),
+    ("coupling_ratio", r"coupling $\|h - \nabla_\omega L_F\| / \|\nabla_\omega L_F\|$", "log"),
 )
 
 
@@ -216,11 +217,11 @@ def plot_health(trials: Sequence[Row], history: Sequence[Row], path: Path) -> Pa
 
 
 def health_figure(trials: Sequence[Row], history: Sequence[Row]) -> HealthFigure | str:
-    """Three panels against the upper step, one line per trial coloured by solver: ‖∇θL_G‖ (log
-    y), cos(∇θL_F, ∇θL_G) with the health monitor's ±limit, and IBGL's Eq. 9 coefficient
-    (symlog y when it changes sign or spans decades: it can explode). Train rows only; a trial
-    without any of the columns (naive, or a run from before they existed) is skipped. A note
-    (str) when none has them."""
+    """Four panels against the upper step, one line per trial coloured by solver: ‖∇θL_G‖ (log
+    y), cos(∇θL_F, ∇θL_G) with the health monitor's ±limit, IBGL's Eq. 9 coefficient (symlog y
+    when it changes sign or spans decades: it can explode) and the coupling ratio (log y; naive's
+    is exactly 0, so it has no line). Train rows only; a trial without any of the columns (a
+    run from before they existed) is skipped. A note (str) when none has them."""
     from bgl.train.health import COEF_FLOOR, COS_LIMIT
 
     status = {r.get("trial_id"): r.get("status") for r in trials}

@@ -8,7 +8,13 @@ devices or Ray. Multi-worker runs pass a `reduce` that all-reduces (averages) gr
 from __future__ import annotations
 
 from bgl.solvers.aid import aid_hypergradient
-from bgl.solvers.health import HEALTH_KEYS, ibgl_coefficient, lower_health
+from bgl.solvers.health import (
+    COUPLING_KEYS,
+    HEALTH_KEYS,
+    combine_terms,
+    ibgl_coefficient,
+    lower_health,
+)
 from bgl.solvers.ibgl import ibgl_hypergradient
 from bgl.solvers.naive import naive_hypergradient
 from bgl.solvers.problem import BilevelProblem, Grads, LossFn, Reduce, identity_reduce
@@ -26,6 +32,7 @@ from bgl.solvers.registry import (
 from bgl.solvers.tbgl import tbgl_hypergradient
 
 __all__ = [
+    "COUPLING_KEYS",
     "HEALTH_KEYS",
     "KEYS",
     "SOLVERS",
@@ -38,6 +45,7 @@ __all__ = [
     "SolverKey",
     "aid_hypergradient",
     "check_settings",
+    "combine_terms",
     "get_solver",
     "hypergradient",
     "ibgl_coefficient",

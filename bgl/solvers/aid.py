@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from bgl.solvers.health import lower_health
+from bgl.solvers.health import combine_terms, lower_health
 from bgl.solvers.linear import LinearSolve, MatVec, conjugate_gradient, neumann
 from bgl.solvers.problem import (
     BilevelProblem,
@@ -85,15 +85,16 @@ def aid_hypergradient(
         solve = _solve(matvec, f_theta, method, iterations, neumann_step)
         cross = graph.mixed(solve.solution)
         del graph, matvec
-        hyper = omega_grads(problem, upper_out, cross, scale=-1.0, into=hyper)
-    if diagnostics is not None:
-        diagnostics.update(lower_health(f_theta, g_theta))
-        diagnostics.update(
-            aid_residual=solve.residual,
-            aid_products=float(solve.products),
-            aid_nonpositive=float(solve.stop == "nonpositive curvature"),
-        )
-    return reduce(hyper)
+        if diagnostics is None:
+            return reduce(omega_grads(problem, upper_out, cross, scale=-1.0, into=hyper))
+        coupling = omega_grads(problem, upper_out, cross, scale=-1.0)
+    diagnostics.update(lower_health(f_theta, g_theta))
+    diagnostics.update(
+        aid_residual=solve.residual,
+        aid_products=float(solve.products),
+        aid_nonpositive=float(solve.stop == "nonpositive curvature"),
+    )
+    return combine_terms(hyper, coupling, reduce, diagnostics)
 
 
 def _damped(product: MatVec, reduce: Reduce, damping: float) -> MatVec:

@@ -12,11 +12,15 @@ Relative damping ρ adds ρ‖∇_θ L_F‖² to the denominator: then |c| <= 1 
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from bgl.solvers.problem import Grads, dot
+from bgl.solvers.problem import Grads, Reduce, dot
 
 HEALTH_KEYS = ("lower_grad_norm", "upper_lower_cos", "ibgl_coef")
+#: every solver's split of h = ∇ωL_F + coupling (see `combine_terms`)
+COUPLING_KEYS = ("direct_grad_norm", "coupling_ratio")
 
 
 def ibgl_coefficient(
@@ -41,3 +45,31 @@ def lower_health(
         "upper_lower_cos": fg / denom if denom > 0 else 0.0,
         "ibgl_coef": fg / (gg + relative_damping * ff + eps),
     }
+
+
+def combine_terms(
+    direct: Grads, coupling: Grads | None, reduce: Reduce, diagnostics: dict[str, float]
+) -> Grads:
+    """h = direct + coupling, reduced (one call), recording ‖direct‖ and the coupling ratio.
+
+    The ratio ‖h − ∇ωL_F‖ / ‖∇ωL_F‖ = ‖coupling‖ / ‖direct‖ says how far a solver's update moves
+    ω from the first-order direction: near 0, every solver is naive and a study cannot tell them
+    apart. `direct` is the solver's own ∇ωL_F (TBGL's at the unrolled θ'); `coupling` None (naive,
+    or TBGL with η = 0) is a ratio of exactly 0. Both terms are reduced before their norms, so the
+    numbers are the global ones on any number of workers; keeping them apart costs one ω-sized
+    list, which is why solvers only split h when diagnostics are asked for.
+    """
+    n = len(direct)
+    both = reduce([*direct, *(coupling or [])])
+    direct, coupling = both[:n], both[n:]
+    direct_norm = float(dot(direct, direct)) ** 0.5
+    coupling_norm = float(dot(coupling, coupling)) ** 0.5 if coupling else 0.0
+    diagnostics.update(
+        direct_grad_norm=direct_norm,
+        coupling_ratio=(
+            coupling_norm / direct_norm
+            if direct_norm > 0
+            else (math.inf if coupling_norm > 0 else 0.0)
+        ),
+    )
+    return [d.add_(c) for d, c in zip(direct, coupling)] if coupling else direct

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from bgl.solvers.health import ibgl_coefficient, lower_health
+from bgl.solvers.health import combine_terms, ibgl_coefficient, lower_health
 from bgl.solvers.problem import (
     BilevelProblem,
     Grads,
@@ -55,7 +55,8 @@ def ibgl_hypergradient(
     `bgl.solvers.health`. `train_upper_out`: F's output on `train_batch` at the current ω, with
     its graph, from an earlier forward (the training loop's last lower step keeps it): saves one
     F forward. Only for a problem with `upper_input`. `diagnostics`, when given, receives the
-    lower level's health (‖∇θL_G‖, cos, the coefficient).
+    lower level's health (‖∇θL_G‖, cos, the coefficient) and the coupling ratio (then the
+    coupling term −c∇ωL_G and ∇ωL_F are kept apart until both are reduced).
     """
     if train_upper_out is not None and problem.upper_input is None:
         raise ValueError("train_upper_out needs a BilevelProblem with upper_input")
@@ -77,9 +78,8 @@ def ibgl_hypergradient(
         coef = ibgl_coefficient(f_theta, g_theta, eps=eps, relative_damping=relative_damping)
         for h in hyper:
             h.mul_(-coef)
-        hyper = omega_grads(problem, upper_out, cotangent, into=hyper)  # + ∇_ω L_F
-    if diagnostics is not None:
-        diagnostics.update(
-            lower_health(f_theta, g_theta, eps=eps, relative_damping=relative_damping)
-        )
-    return reduce(hyper)
+        if diagnostics is None:
+            return reduce(omega_grads(problem, upper_out, cotangent, into=hyper))  # + ∇_ω L_F
+        direct = omega_grads(problem, upper_out, cotangent)
+    diagnostics.update(lower_health(f_theta, g_theta, eps=eps, relative_damping=relative_damping))
+    return combine_terms(direct, hyper, reduce, diagnostics)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bgl.solvers.health import combine_terms
 from bgl.solvers.problem import (
     BilevelProblem,
     Grads,
@@ -22,12 +23,18 @@ def naive_hypergradient(
     val_batch: Any,
     *,
     reduce: Reduce | None = None,
+    diagnostics: dict[str, float] | None = None,
 ) -> Grads:
-    """∇_ω L_F(ω, θ) on the validation batch; `train_batch` is unused (kept for one signature)."""
+    """∇_ω L_F(ω, θ) on the validation batch; `train_batch` is unused (kept for one signature).
+
+    `diagnostics`, when given, receives ‖∇ωL_F‖ and a coupling ratio of exactly 0."""
     del train_batch
     reduce = reduce or identity_reduce
     omega = problem.upper_params()
     lower_frozen = grad_disabled(problem.lower_params())
     with lower_frozen, preserved_state(problem.upper, problem.lower, params=False):
         loss = problem.upper_loss(problem.upper, problem.lower, val_batch)
-        return reduce(grads(loss, omega))
+        direct = grads(loss, omega)
+    if diagnostics is not None:
+        return combine_terms(direct, None, reduce, diagnostics)
+    return reduce(direct)

@@ -162,6 +162,7 @@ SOLVERS: dict[str, Solver] = {
             "Naive",
             naive_hypergradient,
             "first order: ω follows ∇ωL_F, ignoring θ's dependence on ω",
+            context=("diagnostics",),
             colour="tab:gray",
         ),
         Solver(

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from bgl.solvers.health import lower_health
+from bgl.solvers.health import combine_terms, lower_health
 from bgl.solvers.problem import (
     BilevelProblem,
     Grads,
@@ -88,8 +88,12 @@ def tbgl_hypergradient(
         hyper = omega_grads(problem, upper_out, cotangent)  # ∇_ω L_F(ω, θ')
         del upper_out, cotangent
         v_norm = norm(v)
-        if lower_lr == 0 or v_norm == 0 or not torch.isfinite(v_norm):
-            return reduce(hyper)  # v = 0 or η = 0: no coupling term
+        if lower_lr == 0 or v_norm == 0 or not torch.isfinite(v_norm):  # no coupling term
+            return (
+                reduce(hyper)
+                if diagnostics is None
+                else combine_terms(hyper, None, reduce, diagnostics)
+            )
         eps = delta / v_norm
         with grad_disabled(theta):
             upper_out = upper_output(problem, train_batch)  # shared by both difference passes
@@ -100,5 +104,8 @@ def tbgl_hypergradient(
             minus = loss_pass(problem, lower_loss, train_batch, upper_out, theta=False).upper_out
             diff = [a.sub_(b) for a, b in zip(plus, minus)]
             del plus, minus
-            hyper = omega_grads(problem, upper_out, diff, scale=-lower_lr / (2 * eps), into=hyper)
-        return reduce(hyper)
+            scale = -lower_lr / (2 * eps)
+            if diagnostics is None:
+                return reduce(omega_grads(problem, upper_out, diff, scale=scale, into=hyper))
+            coupling = omega_grads(problem, upper_out, diff, scale=scale)
+        return combine_terms(hyper, coupling, reduce, diagnostics)

@@ -345,6 +345,7 @@ class Trainer:
             "final": metrics,
             "best": dict(self.best),
             "health_warning": self.health.warning,
+            "coupling": self.coupling_summary(),
             "budget": dict(self.budget.counts),
             "wall_time_s": self.elapsed_s,
             "peak_memory_bytes": peak_memory_bytes(self.device),
@@ -354,6 +355,23 @@ class Trainer:
             "lower_params": sum(p.numel() for p in self.lower.parameters()),
             "git_commit": git_commit(),
             "versions": library_versions(),
+        }
+
+    def coupling_summary(self) -> dict[str, float | None]:
+        """The coupling ratio ‖h − ∇ωL_F‖ / ‖∇ωL_F‖ over the bilevel phase's logged windows
+        (each a mean over `train.log_every` upper steps): mean, median and the last window.
+        None before any upper step (and for a frozen generator, which takes none)."""
+        values = [
+            r["coupling_ratio"]
+            for r in self.history
+            if r["kind"] == "train" and r.get("coupling_ratio") is not None
+        ]
+        if not values:
+            return dict.fromkeys(("ratio_mean", "ratio_median", "ratio_last"))
+        return {
+            "ratio_mean": float(np.mean(values)),
+            "ratio_median": float(np.median(values)),
+            "ratio_last": float(values[-1]),
         }
 
     @property
