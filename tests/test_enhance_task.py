@@ -265,3 +265,33 @@ def test_invalid_option_values() -> None:
         EnhanceTask(smooth_weight=-1.0)
     with pytest.raises(ValueError):
         EnhanceTask(min_illumination=2.0)
+
+
+def test_input_gain_feeds_f_the_short_exposure_and_targets_it_re_exposed(nets) -> None:
+    """With input_gain g, F sees raw / ratio · g and its warm-start target is the reference
+    rendered at g / ratio of the exposure (by hand: sRGB -> linear -> · g/ratio -> sRGB)."""
+    upper, lower = nets
+    upper.eval(), lower.eval()
+    batch = make_batch(b=2, h=4, w=4) | {"ratio": torch.tensor([100.0, 250.0])}
+    task = EnhanceTask(width=8, input_gain=30.0, warm_generator_weight=0.5)
+    scale = torch.tensor([0.3, 0.12]).view(2, 1, 1, 1)
+    torch.testing.assert_close(task.upper_input(batch), batch["raw"] * scale)
+    rgb = batch["rgb"].double().numpy()
+    linear = (0.5 - np.sin(np.arcsin(1 - 2 * rgb) / 3)) ** 2.2 * scale.double().numpy()
+    gamma = np.clip(linear, 0, 1) ** (1 / 2.2)
+    expected = torch.from_numpy(3 * gamma**2 - 2 * gamma**3).float()
+    target = task.generator_target(batch)
+    torch.testing.assert_close(target, expected, rtol=1e-4, atol=1e-5)
+    assert float(target.mean()) < 0.5 * float(batch["rgb"].mean())  # darker: G must brighten
+    with torch.no_grad():
+        x = upper(batch["raw"] * scale)
+        x01 = x.clamp(0, 1)
+        y = (x01 / lower(x01)).clamp(0, 1)
+        l1_y = (y - batch["rgb"]).abs().mean().item()
+        l1_x = (x - expected).abs().mean().item()
+        warm = task.warm_loss(upper, lower, batch).item()
+        lower_l = task.lower_loss(upper, lower, batch).item()
+    assert task.upper_loss(upper, lower, batch).item() == pytest.approx(l1_y, rel=1e-6)
+    assert warm == pytest.approx(lower_l + l1_y + 0.5 * l1_x, rel=1e-5)
+    with pytest.raises(ValueError, match="input_gain"):
+        EnhanceTask(input_gain=0.0)

@@ -245,17 +245,17 @@ def test_bad_arguments_and_losses():
 # --- the shared-F-pass path (BilevelProblem.upper_input) --------------------------------------
 
 
-def _enhance_problem():
+def _enhance_problem(input_gain: float | None = None):
     from bgl.data.synthetic import SyntheticLowLight
     from bgl.models.generator import build_generator
     from bgl.tasks.enhance import EnhanceTask
 
     torch.manual_seed(0)
-    task = EnhanceTask(width=4)
+    task = EnhanceTask(width=4, input_gain=input_gain)
     upper, lower = build_generator(4).to(DT), task.build_lower().to(DT)
     data = SyntheticLowLight(4, size=32, seed=0)
     batches = [
-        {k: torch.stack([data[i][k] for i in idx]).to(DT) for k in ("raw", "rgb")}
+        {k: torch.stack([data[i][k] for i in idx]).to(DT) for k in ("raw", "rgb", "ratio")}
         for idx in ([0, 1], [2, 3])
     ]
     problem = BilevelProblem(upper, lower, task.lower_loss, task.upper_loss)
@@ -263,12 +263,13 @@ def _enhance_problem():
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
-@pytest.mark.parametrize("case", ["nonlinear", "nonlinear-bn", "enhance"])
+@pytest.mark.parametrize("case", ["nonlinear", "nonlinear-bn", "enhance", "enhance-gain"])
 def test_shared_generator_passes_equal_the_direct_computation(solver, case):
     """With `upper_input`, F's forward/backward is shared and ω's gradient comes from a
-    vector-Jacobian product at F's output; the result must equal the direct computation."""
-    if case == "enhance":
-        problem, train, val, upper_input = _enhance_problem()
+    vector-Jacobian product at F's output; the result must equal the direct computation
+    (enhance-gain: F's input is derived anew from the batch on every call)."""
+    if case.startswith("enhance"):
+        problem, train, val, upper_input = _enhance_problem(30.0 if "gain" in case else None)
     else:
         problem, train, val = nonlinear_problem(batchnorm=case.endswith("bn"))
         upper_input = lambda batch: batch[0]  # noqa: E731
@@ -299,7 +300,7 @@ def test_shared_generator_passes_equal_the_direct_computation(solver, case):
 def test_shared_passes_refuse_a_loss_that_calls_f_on_another_input():
     problem, train, val = nonlinear_problem()
     wrong = BilevelProblem(
-        problem.upper, problem.lower, problem.lower_loss, problem.upper_loss, lambda b: b[0] + 0
+        problem.upper, problem.lower, problem.lower_loss, problem.upper_loss, lambda b: b[0] * 2
     )
     with pytest.raises(RuntimeError, match="upper_input"):
         ibgl_hypergradient(wrong, train, val)

@@ -29,6 +29,7 @@ from bgl.metrics.image import psnr, ssim
 from bgl.metrics.registry import get_metric, validate_metrics
 from bgl.models.enhance import IlluminationNet
 from bgl.raw.bayer import packed_to_rgb
+from bgl.raw.tone import reexpose
 from bgl.tasks.base import Batch, Task, eval_mode
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class EnhanceTask(Task):
         input_residual: bool = True,
         warm_generator_weight: float = 1.0,
         warm_detach_lower: bool = True,
+        input_gain: float | None = None,
         metrics: Sequence[str] = ("psnr", "ssim"),
         metric_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
@@ -141,6 +143,9 @@ class EnhanceTask(Task):
         self.input_residual = bool(input_residual)
         self.warm_generator_weight = float(warm_generator_weight)
         self.warm_detach_lower = bool(warm_detach_lower)
+        if input_gain is not None and not input_gain > 0:
+            raise ValueError(f"input_gain must be > 0 (or null), got {input_gain}")
+        self.input_gain = None if input_gain is None else float(input_gain)
         if isinstance(metrics, str):
             raise ValueError(f"metrics must be a list of metric names, got the string {metrics!r}")
         self.metrics = validate_metrics(tuple(metrics), metric_options)
@@ -157,6 +162,15 @@ class EnhanceTask(Task):
 
     # -- shared pieces ---------------------------------------------------------------------------
 
+    def upper_input(self, batch: Batch) -> torch.Tensor:
+        """F's input: the exposure-amplified RAW, or with `input_gain` g the short exposure at
+        gain g (raw / ratio · g), so F develops a still-dark image and G has to brighten it."""
+        raw = batch["raw"]
+        if self.input_gain is None:
+            return raw
+        ratio = batch["ratio"].to(raw.dtype).reshape(-1, 1, 1, 1)
+        return raw * (self.input_gain / ratio)
+
     def outputs(
         self, upper: nn.Module, lower: nn.Module, batch: Batch
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,7 +179,7 @@ class EnhanceTask(Task):
         Only `lower.__call__` is used (not `lower.enhance`), so G may be wrapped (DDP) or called
         through parameter substitution by a solver.
         """
-        x = upper(batch["raw"])
+        x = upper(self.upper_input(batch))
         rgb = batch.get("rgb")
         if rgb is not None and rgb.shape != x.shape:
             raise ValueError(
@@ -248,8 +262,16 @@ class EnhanceTask(Task):
             lower_value = self._lower_from(x01, illumination)
         loss = lower_value + F.l1_loss(y, batch["rgb"])
         if self.warm_generator_weight:
-            loss = loss + self.warm_generator_weight * F.l1_loss(x, batch["rgb"])
+            loss = loss + self.warm_generator_weight * F.l1_loss(x, self.generator_target(batch))
         return loss
+
+    def generator_target(self, batch: Batch) -> torch.Tensor:
+        """What F alone should render in the warm start: the reference, or with `input_gain` g
+        the reference re-exposed to the short exposure at gain g (g / ratio of it)."""
+        rgb = batch["rgb"]
+        if self.input_gain is None:
+            return rgb
+        return reexpose(rgb, self.input_gain / batch["ratio"].to(rgb.dtype))
 
     # -- evaluation ------------------------------------------------------------------------------
 
