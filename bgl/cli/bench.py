@@ -93,6 +93,19 @@ def add_bench_commands(subparsers: Any) -> None:
     b.add_argument("--no-report", action="store_true", help="do not rewrite the README")
     add_output_dir(b)
     b.set_defaults(func=_bench_faults)
+    b = bsub.add_parser(
+        "coupling", help="coupling ratio ‖h − ∇ωL_F‖/‖∇ωL_F‖ and final metric, task × solver × seed"
+    )
+    b.add_argument("--solvers", nargs="+", choices=SOLVER_NAMES, default=["naive", "tbgl", "ibgl"])
+    b.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    b.add_argument("--k", type=int, default=2, help="lower steps of the solvers that take k")
+    b.add_argument("--jobs", type=int, default=2, help="runs at a time (one CPU thread each)")
+    b.add_argument(
+        "--only", nargs="+", default=None, help="settings whose label starts with one of these"
+    )
+    b.add_argument("--readme", default=None, help="rewrite this README's coupling table")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_coupling)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
     b.add_argument("--device", default="cpu", help="cpu, or cuda for the paper-size GPU suite")
     b.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
@@ -304,6 +317,39 @@ def _bench_faults(args: argparse.Namespace) -> int:
 
         path = replace_block(args.readme, README_START, README_END, render_markdown(rows))
         console.print(f"rewrote the kill-and-resume block of {path}")
+    return 0
+
+
+def _bench_coupling(args: argparse.Namespace) -> int:
+    from bgl.bench.coupling import (
+        README_END,
+        README_START,
+        SETTINGS,
+        print_table,
+        render_markdown,
+        run_coupling_bench,
+    )
+    from bgl.bench.report import replace_block
+
+    settings = [
+        s for s in SETTINGS if not args.only or any(s.label.startswith(o) for o in args.only)
+    ]
+    if not settings:
+        error(f"--only {' '.join(args.only)} matches no setting")
+        return 2
+    rows = run_coupling_bench(
+        settings=settings,
+        solvers=args.solvers,
+        seeds=args.seeds,
+        k=args.k,
+        jobs=args.jobs,
+        out_dir=args.output_dir,
+        console=console,
+    )
+    print_table(rows, console)
+    if args.readme:
+        path = replace_block(args.readme, README_START, README_END, render_markdown(rows))
+        console.print(f"rewrote the coupling table of {path}")
     return 0
 
 
