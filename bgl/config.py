@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from bgl.raw.colour import RAW_SPACES
+from bgl.raw.noise import NOISE_MODELS
 from bgl.solvers import SOLVER_NAMES, check_settings
 
 
@@ -51,6 +53,10 @@ class DataConfig:
     eval_batch_size: int = 8
     ratio_range: tuple[float, float] | None = None  # exposure ratios; None: dataset default
     camera_seed: int | None = 0  # synthetic: one camera for all splits; null: one per image
+    # F's input: camera (the camera's own RAW) | canonical (white-balanced, in sRGB primaries,
+    # from each image's own camera metadata: bgl.raw.colour; develop then uses the file's)
+    raw_space: str = "camera"
+    noise: str = "gaussian"  # unprocessed data: gaussian (Brooks) | physics (bgl.raw.noise)
     cache: str | None = None  # real datasets: packed cache base folder (None: <root>/.bgl-cache)
     skip_bad: bool = False  # real datasets: skip (and list) bad files instead of failing
     eval_crop: int | None = None  # test-split crop; None: data.crop, 0: full frames
@@ -128,6 +134,8 @@ def validate(cfg: RunConfig) -> None:
     broken = check_settings(cfg.solver.name, dataclasses.asdict(cfg.solver))
     if broken is not None:
         raise ConfigError(f"solver.{broken[0]}: must be {broken[1]}")
+    choice(cfg.data.noise, NOISE_MODELS, "data.noise")
+    choice(cfg.data.raw_space, RAW_SPACES, "data.raw_space")
     checks = [
         ("optim.optimizer", cfg.optim.optimizer in ("adam", "sgd"), "adam or sgd"),
         ("optim.schedule", cfg.optim.schedule in ("cosine", "constant"), "cosine or constant"),

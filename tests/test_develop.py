@@ -20,6 +20,8 @@ from bgl.config import from_dict
 from bgl.develop import (
     auto_ratio,
     blend_ramp,
+    compare_with_libraw,
+    develop_file,
     develop_tiled,
     load_models,
     orient,
@@ -27,8 +29,9 @@ from bgl.develop import (
 )
 from bgl.models.enhance import IlluminationNet
 from bgl.models.generator import GenerativeBlock
+from bgl.raw.colour import canonical_packed
 from bgl.raw.dng import mosaic_from_linear, write_dng
-from bgl.raw.read import normalize_packed
+from bgl.raw.read import normalize_packed, read_raw
 from bgl.train.loop import Trainer
 from tests.conftest import tiny_config_dict
 
@@ -232,3 +235,77 @@ def test_auto_ratio():
     assert auto_ratio(np.full((4, 2, 2), 0.001, np.float32)) == pytest.approx(100.0)
     assert auto_ratio(np.zeros((4, 2, 2), np.float32)) == 300.0
     assert auto_ratio(np.full((4, 2, 2), 0.5, np.float32)) == 1.0
+
+
+@pytest.fixture(scope="module")
+def canonical_checkpoint(tmp_path_factory):
+    """A checkpoint whose config says F was trained on canonical RAW from many cameras."""
+    tmp = tmp_path_factory.mktemp("canonical")
+    cfg = from_dict(
+        tiny_config_dict(
+            tmp,
+            model={"generator_width": 4},
+            task={"options": {"width": 4}},
+            data={"raw_space": "canonical", "camera_seed": None},
+        )
+    )
+    return Trainer(cfg).save(tmp / "checkpoint.pt")
+
+
+def test_canonical_checkpoint_feeds_f_the_canonical_raw_and_compares(
+    photo, canonical_checkpoint, tmp_path, capsys
+):
+    out, side = tmp_path / "c.png", tmp_path / "side.png"
+    argv = [str(photo), "--checkpoint", str(canonical_checkpoint), "--ratio", "50", "-o", str(out)]
+    assert develop(*argv, "--compare", str(side)) == 0
+    printed = capsys.readouterr().out
+    assert "canonical" in printed and "grey SSIM" in printed
+    image = np.asarray(Image.open(out))
+    assert image.shape == (48, 64, 3)
+    frame = read_raw(photo)
+    assert frame.wb == pytest.approx((2.0, 1.0, 1 / 0.6, 1.0), rel=1e-4)  # write_dng's neutral
+    model = GenerativeBlock(4).eval()
+    model.load_state_dict(torch.load(canonical_checkpoint, weights_only=True)["upper"])
+    z = canonical_packed(_packed(photo, 50), frame.wb, frame.cam2rgb)
+    with torch.no_grad():
+        want = model(z[None])[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    assert np.abs(image.astype(np.int16) - np.rint(want * 255).astype(np.int16)).max() <= 1
+    # the side-by-side picture: bgl left, LibRaw right, twice as wide
+    pair = np.asarray(Image.open(side))
+    assert pair.shape == (48, 128, 3)
+    np.testing.assert_array_equal(pair[:, :64], image)
+    with rawpy.imread(str(photo)) as raw:
+        libraw = raw.postprocess(
+            use_camera_wb=True, no_auto_bright=True, output_bps=16, user_flip=0, bright=50.0
+        )
+    np.testing.assert_array_equal(pair[:, 64:], np.rint(libraw / 65535 * 255).astype(np.uint8))
+    # the numbers, from Python
+    result = develop_file(photo, canonical_checkpoint, out, ratio=50, compare=side)
+    assert result.raw_space == "canonical" and result.compare == str(side)
+    comparison = compare_with_libraw(photo, want, 50, frame.wb)
+    assert result.mean_ratio == pytest.approx(comparison.mean_ratio, rel=1e-5)
+    assert result.ssim_grey == pytest.approx(comparison.ssim_grey, abs=1e-5)
+    means = want.reshape(-1, 3).mean(0) / (libraw.reshape(-1, 3).mean(0) / 65535)
+    assert comparison.mean_ratio == pytest.approx(tuple(means), rel=1e-3)
+    assert -1 <= comparison.ssim_grey <= 1
+    # auto exposure from the camera RAW, as for a camera block (see auto_ratio)
+    auto = develop_file(photo, canonical_checkpoint, out, ratio="auto")
+    assert auto.ratio == pytest.approx(auto_ratio(frame.normalized(1.0)))
+
+
+def test_raw_space_and_compare_errors(photo, checkpoint, canonical_checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "o.png")
+    base = [str(photo), "--checkpoint", str(canonical_checkpoint), "-o", out]
+    assert develop(*base, "--raw-space", "camera") == 2
+    assert "trained with data.raw_space 'canonical'" in capsys.readouterr().out
+    assert develop(*base, "--compare", out) == 2
+    assert "same file as the output" in capsys.readouterr().out
+    # a bare state dict has no config: --raw-space says what it was trained on
+    bare = tmp_path / "gb.pt"
+    torch.save(GenerativeBlock(4).state_dict(), bare)
+    assert load_models(bare).raw_space == "camera"
+    assert load_models(bare, raw_space="canonical").raw_space == "canonical"
+    assert load_models(checkpoint).raw_space == "camera"
+    # --compare without a path writes OUTPUT-vs-libraw.png
+    assert develop(str(photo), "--checkpoint", str(checkpoint), "-o", out, "--compare") == 0
+    assert np.asarray(Image.open(tmp_path / "o-vs-libraw.png")).shape == (48, 128, 3)

@@ -1,4 +1,8 @@
-"""`bgl develop PHOTO --checkpoint CKPT`: a camera RAW file developed by a trained block."""
+"""`bgl develop PHOTO --checkpoint CKPT`: a camera RAW file developed by a trained block.
+
+``--compare [PATH]`` also writes bgl's rendering beside LibRaw's development of the same file
+(bgl left, LibRaw right, same exposure) and prints per-channel mean ratios and the grey SSIM.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 from rich.table import Table
 
 from bgl.cli.args import console, error
+from bgl.raw.colour import RAW_SPACES
 
 
 def _ratio(text: str) -> float | str:
@@ -50,6 +55,22 @@ def add_develop_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=512, help="tile side in packed pixels")
     p.add_argument("--overlap", type=int, default=64, help="tile overlap in packed pixels")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument(
+        "--raw-space",
+        choices=RAW_SPACES,
+        default=None,
+        help="F's input space (default: the checkpoint's data.raw_space; camera for a bare "
+        "state dict)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="also write bgl's rendering beside LibRaw's development at the same exposure "
+        "(default PATH: OUTPUT-vs-libraw.png) and print mean ratios and grey SSIM",
+    )
     p.set_defaults(func=develop_command)
     return p
 
@@ -60,6 +81,12 @@ def develop_command(args: argparse.Namespace) -> int:
     from bgl.raw.read import RawReadError
 
     output = args.output or str(Path(args.photo).with_suffix(".png"))
+    compare = args.compare
+    if compare == "":
+        compare = str(Path(output).with_name(f"{Path(output).stem}-vs-libraw.png"))
+    if compare is not None and Path(compare).resolve() == Path(output).resolve():
+        error(f"--compare {compare}: the same file as the output; give another path")
+        return 2
     try:
         result = develop_file(
             args.photo,
@@ -72,6 +99,8 @@ def develop_command(args: argparse.Namespace) -> int:
             tile=args.tile,
             overlap=args.overlap,
             device=args.device,
+            raw_space=args.raw_space,
+            compare=compare,
         )
     except (RawReadError, FileNotFoundError, ValueError) as exc:
         error(str(exc))
@@ -83,8 +112,14 @@ def develop_command(args: argparse.Namespace) -> int:
     table.add_row("size", f"{result.output_shape[1]} x {result.output_shape[0]}, {result.bits} bit")
     table.add_row("CFA", result.pattern)
     table.add_row("ratio", f"{result.ratio:.1f}")
+    table.add_row("F's input", f"{result.raw_space} RAW")
     table.add_row("generator width", str(result.width))
     table.add_row("enhancement network", "yes" if result.enhanced else "no")
+    if result.compare is not None and result.mean_ratio is not None:
+        table.add_row("comparison (bgl | LibRaw)", result.compare)
+        r, g, b = result.mean_ratio
+        table.add_row("mean bgl / LibRaw (R, G, B)", f"{r:.3f}, {g:.3f}, {b:.3f}")
+        table.add_row("grey SSIM vs LibRaw", f"{result.ssim_grey:.3f}")
     table.add_row("time (s)", f"{result.seconds:.1f}")
     console.print(table)
     return 0

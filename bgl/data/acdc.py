@@ -161,6 +161,7 @@ class ACDCNight(UnprocessedDataset):
         camera_seed: int | None = 0,
         synth_seed: int = 0,
         generator: torch.Generator | None = None,
+        noise_model: str = "gaussian",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -175,6 +176,7 @@ class ACDCNight(UnprocessedDataset):
             camera_seed=camera_seed,
             synth_seed=synth_seed,
             generator=generator,
+            noise_model=noise_model,
         )
         self.bad = BadItemLog(skip_bad, f"acdc {split}")
         official = "val" if split == "test" else "train"

@@ -203,6 +203,7 @@ class DarkFace(UnprocessedDataset):
         camera_seed: int | None = 0,
         synth_seed: int = 0,
         generator: torch.Generator | None = None,
+        noise_model: str = "gaussian",
     ) -> None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -219,6 +220,7 @@ class DarkFace(UnprocessedDataset):
             camera_seed=camera_seed,
             synth_seed=synth_seed,
             generator=generator,
+            noise_model=noise_model,
         )
         self.max_boxes = max_boxes
         self.bad = BadItemLog(skip_bad, f"darkface {split}")

@@ -17,6 +17,10 @@ LibRaw's development of the long exposure (camera white balance, 16 bit, no auto
 over 65535, cropped at twice the packed coordinates; ``ratio``. Training crops are random, then
 flipped and transposed with probability 1/2 each (SID's augmentation); evaluation crops are
 centred, or the full frame with ``crop=0``.
+
+With ``raw_space="canonical"`` the input is the camera-independent RAW of :mod:`bgl.raw.colour`,
+made with each short exposure's own as-shot white balance and colour matrix (stored in the packed
+cache's metadata beside the mosaic; caches prepared before that need ``bgl data prepare --force``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from bgl.data.transforms import (
     random_flags,
     random_window,
 )
+from bgl.raw.colour import canonical_packed, check_raw_space
 from bgl.raw.read import normalize_packed
 
 __all__ = [
@@ -175,7 +180,13 @@ def decode_sid(root: str | Path) -> Decoder:
         path = root / item.sources[0]
         if item.context["kind"] == "short":
             frame = read_raw(path)
-            meta = {"black": list(frame.black), "white": frame.white, "pattern": frame.pattern}
+            meta = {
+                "black": list(frame.black),
+                "white": frame.white,
+                "pattern": frame.pattern,
+                "wb": list(frame.wb),  # packed order, G = 1: for raw_space canonical
+                "cam2rgb": [list(row) for row in frame.cam2rgb],
+            }
             return {"packed": frame.packed}, meta
         return {"rgb": read_reference_rgb(path)}, {}
 
@@ -221,12 +232,15 @@ class SIDSony(Dataset):
         size: int | None = None,
         seed: int = 0,
         generator: torch.Generator | None = None,
+        raw_space: str = "camera",
     ) -> None:
         """``crop``: RGB side (the packed input is crop / 2), 0 for full frames; ``random``:
         random crops and flips (default: all splits but test); ``cache``: see ArraySource;
-        ``size``: a seeded subset of that many pairs (None or <= 0: all)."""
+        ``size``: a seeded subset of that many pairs (None or <= 0: all); ``raw_space``: "camera"
+        or "canonical" (see the module doc)."""
         if crop < 0 or crop % 2:
             raise ValueError(f"crop must be a non-negative even number of RGB pixels; got {crop}")
+        self.raw_space = check_raw_space(raw_space)
         self.root, self.split, self.crop = Path(root), split, int(crop)
         self.random = split != "test" if random is None else bool(random)
         self.generator = generator
@@ -243,6 +257,17 @@ class SIDSony(Dataset):
         self.pairs = seeded_subset(pairs, size, seed, f"sid {split}")
         if not self.pairs:
             raise DataError(find_list(self.root, split), "no usable pairs left")
+        if self.raw_space == "canonical":  # fail now, not mid-training, on an older cache
+            self._check_colour(self.source.load(_items(self.pairs[0])[0])[1], self.pairs[0])
+
+    def _check_colour(self, meta: dict[str, Any], pair: SIDPair) -> None:
+        if "wb" not in meta or "cam2rgb" not in meta:
+            raise DataError(
+                self.root / pair.short,
+                "data.raw_space canonical needs the file's white balance and colour matrix, "
+                f"which the packed cache at {self.source.cache_dir} predates; run `bgl data "
+                f"prepare sid --root {self.root} --force`",
+            )
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -278,6 +303,9 @@ class SIDSony(Dataset):
         r2, c2 = big.slices()
         rgb = np.asarray(rgb_full[r2, c2], dtype=np.float32) * np.float32(1.0 / 65535.0)
         raw_t = torch.from_numpy(raw)
+        if self.raw_space == "canonical":
+            self._check_colour(meta, pair)
+            raw_t = canonical_packed(raw_t, meta["wb"], meta["cam2rgb"])
         rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)
         if self.random:
             # a transpose would change the shape of a non-square (full) frame

@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 REAL_DATASETS = ("sid", "darkface", "acdc")
 #: Procedural datasets made in memory (no files): name -> "module:Class". Each class takes
-#: (n, size=crop, seed=..., camera_seed=..., [ratio_range=...], [max_boxes=...]) and yields the
-#: batch keys of its task (enhance: raw/rgb; detect: + boxes/num_boxes; segment: + labels).
+#: (n, size=crop, seed=..., camera_seed=..., [ratio_range=...], [max_boxes=...], [noise_model=...],
+#: [raw_space=...]; without noise_model only data.noise "gaussian" is allowed, without raw_space
+#: only data.raw_space "camera") and yields the batch keys of its
+#: task (enhance: raw/rgb; detect: + boxes/num_boxes; segment: + labels).
 SYNTHETIC_DATASETS: dict[str, str] = {
     "synthetic": "bgl.data.synthetic:SyntheticLowLight",
     "synthetic_faces": "bgl.data.synthetic_faces:SyntheticFaces",
@@ -86,6 +88,14 @@ def _synthetic_splits(cfg: DataConfig) -> dict[str, Dataset]:
         extra["ratio_range"] = cfg.ratio_range
     if "max_boxes" in accepted:
         extra["max_boxes"] = cfg.max_boxes
+    if "noise_model" in accepted:
+        extra["noise_model"] = cfg.noise
+    elif cfg.noise != "gaussian":
+        raise ConfigError(f"data.noise: dataset {cfg.name!r} supports only 'gaussian'")
+    if "raw_space" in accepted:
+        extra["raw_space"] = cfg.raw_space
+    elif cfg.raw_space != "camera":
+        raise ConfigError(f"data.raw_space: dataset {cfg.name!r} supports only 'camera'")
     sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
     return {
         split: cls(sizes[split], size=cfg.crop, seed=3 * cfg.seed + i, **extra)
@@ -107,6 +117,8 @@ def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:
     common = {"cache": cache, "skip_bad": skip_bad, "seed": cfg.seed}
     if cfg.name == "sid":
         from bgl.data.sid import SIDSony as cls
+
+        common["raw_space"] = cfg.raw_space  # canonical: from each file's own metadata
     elif cfg.name == "darkface":
         from bgl.data.darkface import DarkFace as cls
 
@@ -115,8 +127,11 @@ def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:
         from bgl.data.acdc import ACDCNight as cls
     if cfg.name == "sid" and cfg.ratio_range is not None:
         log.warning("data.ratio_range is ignored for sid: ratios come from the exposure times")
+    if cfg.name == "sid" and cfg.noise != "gaussian":
+        log.warning("data.noise is ignored for sid: its RAW files carry the camera's own noise")
     if cfg.name != "sid":
         common.update(ratio_range=cfg.ratio_range, camera_seed=cfg.camera_seed, synth_seed=cfg.seed)
+        common["noise_model"] = cfg.noise
     splits: dict[str, Dataset] = {}
     for split in SPLITS:
         crop = cfg.crop if split != "test" or eval_crop is None else int(eval_crop)
@@ -124,6 +139,8 @@ def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:
             splits[split] = cls(cfg.root, split, crop, size=sizes[split], **common)
         except SubsetTooLarge as exc:
             raise ConfigError(f"data.{split}_size: {exc}") from None
+        if cfg.name != "sid":  # DARK FACE / ACDC: unprocessed with each item's own camera
+            splits[split].use_raw_space(cfg.raw_space)  # type: ignore[attr-defined]
         bad = splits[split].bad  # type: ignore[attr-defined]
         if bad.items:
             log.warning(bad.summary())

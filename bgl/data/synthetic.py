@@ -22,9 +22,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from bgl.raw.bayer import channel_offsets
+from bgl.raw.colour import canonical_packed, check_raw_space
+from bgl.raw.noise import check_noise_model
 from bgl.raw.unprocess import DEFAULT_RATIO_RANGE, DEFAULT_SHOT_RANGE, synthesize_low_light
 
-__all__ = ["CHUNK", "SyntheticLowLight", "render_scenes"]
+__all__ = ["CHUNK", "SyntheticLowLight", "in_raw_space", "render_scenes"]
 
 #: Samples are rendered in chunks of this many images, each chunk from its own generator.
 CHUNK = 32
@@ -161,21 +163,44 @@ def check_synthetic_args(n: int, size: int, seed: int) -> None:
 
 Render = Callable[[int, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
+#: The camera metadata synthesize_low_light returns beside the pair (not batch keys).
+CAMERA_KEYS = ("cam2rgb", "red_gain", "blue_gain")
+
+
+def in_raw_space(
+    pair: dict[str, torch.Tensor], raw_space: str = "camera"
+) -> dict[str, torch.Tensor]:
+    """`synthesize_low_light`'s output as batch keys: ``raw`` in ``raw_space``, camera dropped.
+
+    "camera" keeps the camera's RAW; "canonical" re-expresses it with each image's own white
+    balance (red and blue gain, greens 1) and colour matrix (:func:`canonical_packed`), after the
+    amplification and clipping, which is what ``bgl develop`` does with a file's metadata.
+    """
+    check_raw_space(raw_space)
+    out = {key: value for key, value in pair.items() if key not in CAMERA_KEYS}
+    if raw_space == "canonical":
+        red, blue = pair["red_gain"], pair["blue_gain"]
+        wb = torch.stack([red, torch.ones_like(red), blue], dim=-1)
+        out["raw"] = canonical_packed(pair["raw"], wb, pair["cam2rgb"])
+    return out
+
 
 def synthesize_chunks(
-    n: int, seed: int, render: Render, **low_light: Any
+    n: int, seed: int, render: Render, raw_space: str = "camera", **low_light: Any
 ) -> dict[str, torch.Tensor]:
     """n procedural low-light items: raw, rgb, ratio, plus what `render` returns beside images.
 
     Scenes are made CHUNK at a time, each chunk from its own seeded generator, so item i does not
     depend on n; `render(CHUNK, generator)` returns (sRGB images, {key: per-item tensor}) and the
-    images are unprocessed to RAW by `synthesize_low_light(**low_light)`.
+    images are unprocessed to RAW by `synthesize_low_light(**low_light)`, then put in
+    ``raw_space`` (:func:`in_raw_space`).
     """
+    check_raw_space(raw_space)
     parts: dict[str, list[torch.Tensor]] = {}
     for chunk in range((n + CHUNK - 1) // CHUNK):
         generator = torch.Generator().manual_seed(chunk_seed(seed, chunk))
         images, extra = render(CHUNK, generator)
-        pair = synthesize_low_light(images, generator, **low_light)
+        pair = in_raw_space(synthesize_low_light(images, generator, **low_light), raw_space)
         take = min(CHUNK, n - chunk * CHUNK)
         for key, value in (*pair.items(), *extra.items()):
             parts.setdefault(key, []).append(value[:take])
@@ -189,6 +214,9 @@ class SyntheticLowLight(Dataset):
     "ratio": scalar exposure ratio}``. Use different seeds for train and validation splits.
     ``camera_seed`` fixes one synthetic camera (colour matrix, gains) shared by every split made
     with the same value, like a real single-sensor dataset; ``None`` draws one per image.
+    ``noise_model``: "gaussian" or "physics", see :func:`synthesize_low_light`. ``raw_space``:
+    "camera" (the camera's RAW) or "canonical" (white-balanced, sRGB primaries; best with
+    ``camera_seed=None``, so F sees many cameras and needs none of their colour pipelines).
     """
 
     def __init__(
@@ -200,13 +228,18 @@ class SyntheticLowLight(Dataset):
         shot_range: tuple[float, float] = DEFAULT_SHOT_RANGE,
         pattern: str = "RGGB",
         camera_seed: int | None = 0,
+        noise_model: str = "gaussian",
+        raw_space: str = "camera",
     ) -> None:
         check_synthetic_args(n, size, seed)
         channel_offsets(pattern)  # validates the pattern name
+        check_noise_model(noise_model)
+        self.raw_space = check_raw_space(raw_space)
         self.n, self.size, self.seed, self.pattern = n, size, seed, pattern
         self.ratio_range = ratio_range
         self.shot_range = shot_range
         self.camera_seed = camera_seed
+        self.noise_model = noise_model
 
         data = synthesize_chunks(
             n,
@@ -216,6 +249,8 @@ class SyntheticLowLight(Dataset):
             shot_range=shot_range,
             pattern=pattern,
             camera_seed=camera_seed,
+            noise_model=noise_model,
+            raw_space=raw_space,
         )
         self._raw, self._rgb, self._ratio = data["raw"], data["rgb"], data["ratio"]
 

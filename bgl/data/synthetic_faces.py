@@ -76,7 +76,8 @@ def render_faces(
 class SyntheticFaces(Dataset):
     """Procedural low-light face detection pairs, made once at construction and kept in memory.
 
-    ``camera_seed`` and ``ratio_range`` as in :class:`bgl.data.synthetic.SyntheticLowLight`;
+    ``camera_seed``, ``ratio_range`` and ``raw_space`` as in
+    :class:`bgl.data.synthetic.SyntheticLowLight`;
     ``max_boxes`` (>= 4) is the padded length of ``boxes``.
     """
 
@@ -88,6 +89,7 @@ class SyntheticFaces(Dataset):
         camera_seed: int | None = 0,
         ratio_range: tuple[float, float] = DEFAULT_RATIO_RANGE,
         max_boxes: int = 8,
+        raw_space: str = "camera",
     ) -> None:
         check_synthetic_args(n, size, seed)
         if max_boxes < GRID * GRID:
@@ -110,6 +112,7 @@ class SyntheticFaces(Dataset):
             ratio_range=ratio_range,
             shot_range=DEFAULT_SHOT_RANGE,
             camera_seed=camera_seed,
+            raw_space=raw_space,
         )
         self._raw, self._rgb, self._ratio = data["raw"], data["rgb"], data["ratio"]
         self._boxes, self._num_boxes = data["boxes"], data["num_boxes"]

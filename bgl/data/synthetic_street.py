@@ -166,6 +166,7 @@ class SyntheticStreet(Dataset):
         ratio_range: tuple[float, float] = DEFAULT_RATIO_RANGE,
         shot_range: tuple[float, float] = DEFAULT_SHOT_RANGE,
         pattern: str = "RGGB",
+        raw_space: str = "camera",
     ) -> None:
         check_synthetic_args(n, size, seed)
         channel_offsets(pattern)  # validates the pattern name
@@ -183,6 +184,7 @@ class SyntheticStreet(Dataset):
             shot_range=shot_range,
             pattern=pattern,
             camera_seed=camera_seed,
+            raw_space=raw_space,
         )
 
     def __len__(self) -> int:

@@ -7,7 +7,8 @@ smaller camera, not a resized mosaic). The unprocessing draws from a generator s
 ``(synth_seed, item key)``: one image always gets the same camera gains and noise law, so the
 data do not change from epoch to epoch except for the crop. ``camera_seed`` (as in the synthetic
 dataset) fixes one colour matrix and gains for the whole dataset, like a single real sensor;
-``None`` draws a camera per image.
+``None`` draws a camera per image. ``raw_space`` "canonical" hands F the white-balanced RAW in
+sRGB primaries made with each item's own camera (:func:`bgl.data.synthetic.in_raw_space`).
 
 Geometry: training/validation take a random square window whose side is a random fraction of the
 image's short side, resize it to ``crop`` x ``crop`` and mirror it with probability 1/2;
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset
 
 from bgl.data.cache import PrepareItem
 from bgl.data.real import ArraySource, item_seed
+from bgl.data.synthetic import in_raw_space
 from bgl.data.transforms import (
     Window,
     letterbox_geometry,
@@ -35,6 +37,8 @@ from bgl.data.transforms import (
     resize_labels,
     square_window,
 )
+from bgl.raw.colour import check_raw_space
+from bgl.raw.noise import check_noise_model
 from bgl.raw.unprocess import DEFAULT_SHOT_RANGE, synthesize_low_light
 
 __all__ = ["Geometry", "UnprocessedDataset"]
@@ -90,6 +94,8 @@ class UnprocessedDataset(Dataset):
         camera_seed: int | None,
         synth_seed: int,
         generator: torch.Generator | None,
+        noise_model: str = "gaussian",
+        raw_space: str = "camera",
     ) -> None:
         if crop < 0 or crop % 2:
             raise ValueError(f"crop must be a non-negative even number of pixels; got {crop}")
@@ -98,6 +104,8 @@ class UnprocessedDataset(Dataset):
         self.ratio_range = tuple(ratio_range or DEFAULT_UNPROCESSED_RATIO)
         self.shot_range = tuple(shot_range or DEFAULT_SHOT_RANGE)
         self.camera_seed, self.synth_seed, self.generator = camera_seed, synth_seed, generator
+        self.noise_model = check_noise_model(noise_model)
+        self.raw_space = check_raw_space(raw_space)
         self.source = ArraySource(self.root, self.dataset, self.decode, cache)
         self.items: list[Any] = []
 
@@ -163,8 +171,19 @@ class UnprocessedDataset(Dataset):
             ratio_range=self.ratio_range,
             shot_range=self.shot_range,
             camera_seed=self.camera_seed,
+            noise_model=self.noise_model,
         )
+        pair = in_raw_space(pair, self.raw_space)
         return {"raw": pair["raw"][0].contiguous(), "ratio": pair["ratio"][0]}
+
+    def use_raw_space(self, raw_space: str) -> UnprocessedDataset:
+        """Set F's input space after construction ("camera" or "canonical"); returns self.
+
+        Why a method: the subclasses' constructors name their arguments, and the registry
+        (:mod:`bgl.data.splits`) sets this one for all of them in one place.
+        """
+        self.raw_space = check_raw_space(raw_space)
+        return self
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item = self.items[index]

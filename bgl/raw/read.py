@@ -17,6 +17,10 @@ Reference RGB (SID's ground truth) is LibRaw's own development of a long exposur
 ``user_flip=0`` so it stays in sensor orientation, pixel-aligned with the packed mosaic (RGB pixel
 (2y, 2x) <-> packed (y, x)). The camera's orientation is kept in :attr:`RawFrame.flip` and applied
 only when a finished picture is written (``bgl develop``).
+
+Colour: each frame also carries the file's as-shot white balance (per packed channel, G = 1) and
+its camera -> sRGB matrix, as LibRaw would use them to develop it, so ``RawFrame.canonical`` can
+hand F the camera-independent RAW of :mod:`bgl.raw.colour`.
 """
 
 from __future__ import annotations
@@ -24,16 +28,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from bgl.raw.bayer import CHANNELS, PATTERNS, cfa_index_grid, channel_offsets, pack
+from bgl.raw.colour import IDENTITY, canonical_packed, libraw_cam2rgb, libraw_white_balance
 
 __all__ = [
     "RawFrame",
     "RawReadError",
     "cfa_layout",
+    "libraw_postprocess",
     "normalize_packed",
     "read_packed",
     "read_raw",
@@ -59,7 +66,12 @@ class RawFrame:
     ``packed``: (4, h, w) raw digital numbers in R, G, B, G2 order (uint16 as LibRaw gives them);
     ``black``: the black level of each packed channel; ``white``: the saturation level;
     ``pattern``: the file's CFA layout name (one of bayer.PATTERNS); ``flip``: LibRaw's
-    orientation code (0 none, 3 180°, 5 90° CCW, 6 90° CW); ``camera_wb``: as-shot multipliers.
+    orientation code (0 none, 3 180°, 5 90° CCW, 6 90° CW); ``camera_wb``: as-shot multipliers
+    as rawpy reports them (LibRaw's colour order, unnormalised); ``wb``: the white-balance gains
+    of the packed channels R, G, B, G2, normalised to G = 1 (as shot; daylight or 1s when the
+    file has none, see ``wb_source``); ``cam2rgb``: white-balanced camera RGB -> linear sRGB
+    (from LibRaw's colour matrix, see ``cam2rgb_source``). ``wb`` and ``cam2rgb`` are what
+    :meth:`canonical` needs to make the camera-independent RAW (:mod:`bgl.raw.colour`).
     """
 
     path: str
@@ -69,10 +81,20 @@ class RawFrame:
     pattern: str
     flip: int = 0
     camera_wb: tuple[float, ...] = ()
+    wb: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    cam2rgb: tuple[tuple[float, float, float], ...] = IDENTITY
+    wb_source: str = "none"
+    cam2rgb_source: str = "identity"
 
     def normalized(self, ratio: float = 1.0) -> np.ndarray:
         """(4, h, w) float32: minus black, over (white - black), times ratio, clipped to [0, 1]."""
         return normalize_packed(self.packed, self.black, self.white, ratio)
+
+    def canonical(self, ratio: float = 1.0) -> np.ndarray:
+        """(4, h, w) float32 canonical RAW: :meth:`normalized` (amplified and clipped in camera
+        space, as training data are), then white balance and colour matrix applied."""
+        packed = torch.from_numpy(self.normalized(ratio))
+        return canonical_packed(packed, self.wb, self.cam2rgb).numpy()
 
 
 def cfa_layout(raw_pattern: np.ndarray | None, color_desc: bytes | str, path: str | Path) -> str:
@@ -164,6 +186,9 @@ def read_raw(path: str | Path) -> RawFrame:
             white = float(raw.white_level)
             flip = int(raw.sizes.flip)
             wb = tuple(float(v) for v in raw.camera_whitebalance)
+            daylight = tuple(float(v) for v in raw.daylight_whitebalance)
+            xyz2cam = np.array(raw.rgb_xyz_matrix, dtype=np.float64)
+            cmatrix = np.array(raw.color_matrix, dtype=np.float64)
         except rawpy.LibRawError as exc:
             raise RawReadError(
                 path, f"cannot decode RAW data ({_reason(exc)}; truncated?)"
@@ -176,10 +201,26 @@ def read_raw(path: str | Path) -> RawFrame:
         tensor = torch.from_numpy(np.ascontiguousarray(mosaic[:h, :w]))
         packed = pack(tensor[None], pattern)[0].numpy().copy()  # copy: outlive LibRaw's buffer
     # black level per packed channel: look up the CFA colour index at that channel's site
-    black = tuple(per_colour[int(grid[r, c])] for r, c in channel_offsets(pattern))
+    index = [int(grid[r, c]) for r, c in channel_offsets(pattern)]
+    black = tuple(per_colour[i] for i in index)
     if not all(b < white for b in black):
         raise RawReadError(path, f"black levels {black} are not below the white level {white}")
-    return RawFrame(str(path), packed, black, white, pattern, flip, wb)  # type: ignore[arg-type]
+    # white balance per packed channel: the multiplier of the CFA colour at that channel's site
+    gains, wb_source = libraw_white_balance(wb, daylight, index, str(path))
+    cam2rgb, cam2rgb_source = libraw_cam2rgb(xyz2cam, cmatrix, str(path))
+    return RawFrame(
+        str(path),
+        packed,
+        black,  # type: ignore[arg-type]
+        white,
+        pattern,
+        flip,
+        wb,
+        gains,
+        cam2rgb,
+        wb_source,
+        cam2rgb_source,
+    )
 
 
 def normalize_packed(
@@ -212,18 +253,28 @@ def read_reference_rgb(path: str | Path) -> np.ndarray:
     ``postprocess(use_camera_wb=True, half_size=False, no_auto_bright=True, output_bps=16,
     user_flip=0)``; divide by 65535 for [0, 1].
     """
+    return libraw_postprocess(
+        path,
+        use_camera_wb=True,
+        half_size=False,
+        no_auto_bright=True,
+        output_bps=16,
+        user_flip=0,
+    )
+
+
+def libraw_postprocess(path: str | Path, **params: Any) -> np.ndarray:
+    """LibRaw's own development of a Bayer RAW file, rawpy ``postprocess(**params)``.
+
+    The one place bgl asks LibRaw to develop a file (SID's references, ``bgl develop --compare``):
+    non-Bayer files are refused and errors name the file, as :func:`read_raw`'s do.
+    """
     import rawpy
 
     with _open(path) as raw:
         try:
             cfa_layout(_visible_grid(raw, path), raw.color_desc, path)
-            return raw.postprocess(
-                use_camera_wb=True,
-                half_size=False,
-                no_auto_bright=True,
-                output_bps=16,
-                user_flip=0,
-            )
+            return raw.postprocess(**params)
         except rawpy.LibRawError as exc:
             raise RawReadError(
                 path, f"cannot develop RAW data ({_reason(exc)}; truncated?)"
