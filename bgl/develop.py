@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from bgl.models.enhance import IlluminationNet
 from bgl.models.generator import MULTIPLE, GenerativeBlock
 from bgl.models.weights import NotACheckpointError, read_torch_file
 from bgl.raw.colour import RAW_SPACES
+from bgl.raw.tone import reexpose
 
 __all__ = [
     "AUTO_RATIO_TARGET",
@@ -70,6 +72,8 @@ class LoadedModels:
     width: int
     source: str  # "trainer checkpoint" or "state dict"
     raw_space: str = "camera"  # F's input space: the checkpoint's data.raw_space
+    train_crop: int | None = None  # the checkpoint's data.crop (RGB pixels)
+    input_scale: float | None = None  # gain models: F saw the short exposure at this fraction
 
 
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +173,41 @@ def load_models(
             options["width"] = int(lower_state["in_conv.0.weight"].shape[0])
         lower = IlluminationNet(**options)
         _load_state(lower, lower_state, path, "enhancement network")
-    return LoadedModels(upper.eval(), lower.eval() if lower else None, inferred, source, space)
+    crop = (config.get("data") or {}).get("crop")
+    return LoadedModels(
+        upper.eval(),
+        lower.eval() if lower else None,
+        inferred,
+        source,
+        space,
+        int(crop) if crop else None,
+        input_scale(config),
+    )
+
+
+def input_scale(config: dict[str, Any]) -> float | None:
+    """For an enhancement block trained with `input_gain` g: g / r, r the geometric mean of its
+    training exposure ratios. F saw the short exposure at gain g, i.e. about this fraction of a
+    well-exposed frame, and its output is the reference re-exposed by the same fraction."""
+    task = config.get("task") or {}
+    gain = (task.get("options") or {}).get("input_gain") if task.get("name") == "enhance" else None
+    if gain is None:
+        return None
+    from bgl.raw.unprocess import DEFAULT_RATIO_RANGE
+
+    low, high = (config.get("data") or {}).get("ratio_range") or DEFAULT_RATIO_RANGE
+    return float(gain) / math.sqrt(float(low) * float(high))
+
+
+def auto_tiling(train_crop: int | None) -> tuple[int, int]:
+    """(tile, overlap) in packed pixels for ``--tile auto``: the block's training crop, a quarter
+    of it shared between neighbours. F's four poolings see the whole crop during training, so on
+    much larger inputs its deepest features, and with them colour and exposure, change; tiles of
+    the training size keep the block in the regime it learned. Without a known crop: 512 / 64."""
+    if not train_crop:
+        return 512, 64
+    tile = max(MULTIPLE, train_crop // 2)
+    return tile, max(2, tile // 4)
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -204,6 +242,7 @@ def develop_tiled(
     tile: int = 512,
     overlap: int = 64,
     device: torch.device | str = "cpu",
+    reexposure: float | None = None,
 ) -> torch.Tensor:
     """(4, h, w) packed RAW -> (3, 2h, 2w) RGB in [0, 1] on the CPU, one tile at a time.
 
@@ -231,6 +270,8 @@ def develop_tiled(
             rgb = upper(z).clamp(0.0, 1.0)
             if lower is not None:
                 rgb = (rgb / lower(rgb)).clamp(0.0, 1.0)
+            elif reexposure is not None:  # a gain model's F alone: back to full exposure
+                rgb = reexpose(rgb, reexposure)
             blend = (wy[:, None] * wx[None, :])[None]
             ys2, xs2 = slice(2 * y, 2 * (y + th)), slice(2 * x, 2 * (x + tw))
             out[:, ys2, xs2] += rgb[0].float().cpu() * blend
@@ -361,8 +402,8 @@ def develop_file(
     width: int | None = None,
     enhance: bool = False,
     bits: int = 8,
-    tile: int = 512,
-    overlap: int = 64,
+    tile: int | str = "auto",
+    overlap: int | None = None,
     device: str = "auto",
     raw_space: str | None = None,
     compare: str | Path | None = None,
@@ -390,9 +431,24 @@ def develop_file(
     if not ratio > 0:
         raise ValueError(f"ratio must be positive; got {ratio}")
     packed = torch.from_numpy(frame.canonical(ratio) if canonical else frame.normalized(ratio))
+    scale = models.input_scale
+    if scale is not None:  # F develops the short exposure; G (or re-exposure) brightens it
+        packed = packed * scale
+    if tile == "auto":
+        tile, auto_overlap = auto_tiling(models.train_crop)
+        overlap = auto_overlap if overlap is None else overlap
+    overlap = 64 if overlap is None else overlap
     upper = models.upper.to(dev)
     lower = models.lower.to(dev) if models.lower is not None else None
-    rgb = develop_tiled(upper, packed, lower=lower, tile=tile, overlap=overlap, device=dev)
+    rgb = develop_tiled(
+        upper,
+        packed,
+        lower=lower,
+        tile=int(tile),
+        overlap=overlap,
+        device=dev,
+        reexposure=None if scale is None else 1.0 / scale,
+    )
     image = rgb.permute(1, 2, 0).numpy()
     scale = 255.0 if bits == 8 else 65535.0
     dtype = np.uint8 if bits == 8 else np.uint16

@@ -141,8 +141,9 @@ def test_tiled_unet_output_shape_and_range():
 def test_develop_trainer_checkpoint_8_bit(photo, checkpoint, tmp_path):
     out = tmp_path / "out.png"
     assert (
-        develop(str(photo), "--checkpoint", str(checkpoint), "--ratio", "50", "-o", str(out)) == 0
-    )
+        develop(str(photo), "--checkpoint", str(checkpoint), "--ratio", "50", "-o", str(out),
+                "--tile", "512") == 0  # one tile: a full-frame forward
+    )  # fmt: skip
     image = np.asarray(Image.open(out))
     assert image.shape == (48, 64, 3) and image.dtype == np.uint8
     state = torch.load(checkpoint, weights_only=True)
@@ -157,7 +158,7 @@ def test_develop_trainer_checkpoint_8_bit(photo, checkpoint, tmp_path):
 def test_develop_with_enhancement_16_bit(photo, checkpoint, tmp_path):
     out = tmp_path / "out16.png"
     args = [str(photo), "--checkpoint", str(checkpoint), "--ratio", "50", "-o", str(out)]
-    assert develop(*args, "--enhance", "--bits", "16") == 0
+    assert develop(*args, "--enhance", "--bits", "16", "--tile", "512") == 0
     image = decode_png16(out)
     assert image.shape == (48, 64, 3)
     np.testing.assert_array_equal(np.asarray(Image.open(out)), image >> 8)  # Pillow agrees
@@ -257,7 +258,7 @@ def test_canonical_checkpoint_feeds_f_the_canonical_raw_and_compares(
 ):
     out, side = tmp_path / "c.png", tmp_path / "side.png"
     argv = [str(photo), "--checkpoint", str(canonical_checkpoint), "--ratio", "50", "-o", str(out)]
-    assert develop(*argv, "--compare", str(side)) == 0
+    assert develop(*argv, "--compare", str(side), "--tile", "512") == 0
     printed = capsys.readouterr().out
     assert "canonical" in printed and "grey SSIM" in printed
     image = np.asarray(Image.open(out))
@@ -280,7 +281,7 @@ def test_canonical_checkpoint_feeds_f_the_canonical_raw_and_compares(
         )
     np.testing.assert_array_equal(pair[:, 64:], np.rint(libraw / 65535 * 255).astype(np.uint8))
     # the numbers, from Python
-    result = develop_file(photo, canonical_checkpoint, out, ratio=50, compare=side)
+    result = develop_file(photo, canonical_checkpoint, out, ratio=50, compare=side, tile=512)
     assert result.raw_space == "canonical" and result.compare == str(side)
     comparison = compare_with_libraw(photo, want, 50, frame.wb)
     assert result.mean_ratio == pytest.approx(comparison.mean_ratio, rel=1e-5)
@@ -309,3 +310,29 @@ def test_raw_space_and_compare_errors(photo, checkpoint, canonical_checkpoint, t
     # --compare without a path writes OUTPUT-vs-libraw.png
     assert develop(str(photo), "--checkpoint", str(checkpoint), "-o", out, "--compare") == 0
     assert np.asarray(Image.open(tmp_path / "o-vs-libraw.png")).shape == (48, 128, 3)
+
+
+def test_auto_tiles_follow_the_training_crop_and_gain_models_re_expose(photo, tmp_path):
+    """`--tile auto` cuts the frame into tiles of the block's training crop (here 32 px: 16
+    packed, overlap 4); a block trained with input_gain g sees the frame at g / r (r the geometric
+    mean of its training ratios) and, without G, its output is re-exposed by r / g."""
+    from bgl.develop import auto_tiling, develop_tiled, input_scale
+    from bgl.raw.tone import reexpose
+
+    cfg = tiny_config_dict(tmp_path, task={"options": {"width": 4, "input_gain": 30}},
+                           model={"generator_width": 4})  # fmt: skip
+    trainer = Trainer(from_dict(cfg))
+    path = trainer.save(tmp_path / "gain.pt")
+    scale = input_scale(trainer.cfg.to_dict())
+    assert scale == pytest.approx(30 / (100 * 300) ** 0.5)
+    assert auto_tiling(32) == (16, 4) and auto_tiling(None) == (512, 64)
+    out = tmp_path / "g.png"
+    result = develop_file(photo, path, out, ratio=50, bits=16)
+    upper = trainer.upper.eval()
+    z = torch.from_numpy(read_raw(photo).normalized(50)) * scale
+    want = develop_tiled(upper, z, tile=16, overlap=4, reexposure=1 / scale)
+    one_tile = reexpose(upper(z[None]).clamp(0, 1), 1 / scale)[0]
+    got = decode_png16(out).astype(np.float64) / 65535
+    np.testing.assert_allclose(got, want.permute(1, 2, 0).numpy(), atol=1 / 65535)
+    assert np.abs(got - one_tile.detach().permute(1, 2, 0).numpy()).max() > 1e-3  # tiles differ
+    assert result.output_shape == (48, 64)

@@ -28,6 +28,15 @@ def _ratio(text: str) -> float | str:
     return value
 
 
+def _tile(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def add_develop_command(subparsers: Any) -> argparse.ArgumentParser:
     """``bgl develop PHOTO --checkpoint GB.pt [--ratio R] -o out.png``."""
     p = subparsers.add_parser(
@@ -52,8 +61,15 @@ def add_develop_command(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=None, help="generator width (checked vs weights)")
     p.add_argument("--enhance", action="store_true", help="also run the enhancement network G")
     p.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth")
-    p.add_argument("--tile", type=int, default=512, help="tile side in packed pixels")
-    p.add_argument("--overlap", type=int, default=64, help="tile overlap in packed pixels")
+    p.add_argument(
+        "--tile",
+        type=_tile,
+        default="auto",
+        help="tile side in packed pixels (default auto: the block's training crop)",
+    )
+    p.add_argument(
+        "--overlap", type=int, default=None, help="tile overlap in packed pixels (default: auto)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument(
         "--raw-space",
