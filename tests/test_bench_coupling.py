@@ -63,3 +63,18 @@ def test_every_setting_builds_a_valid_config(setting: Setting) -> None:
     data = base_config(setting.source)
     apply_overrides(data, list(setting.overrides))
     from_dict(data)
+
+
+def test_merged_rows_keep_the_newest_run_per_setting_solver_seed(tmp_path: Path) -> None:
+    from bgl.bench.coupling import merged_rows
+    from bgl.results.parquet import write_rows
+
+    def row(setting: str, seed: int, value: float) -> dict:
+        return {"setting": setting, "solver": "naive", "seed": seed, "metric": "psnr",
+                "status": "completed", "value": value, "coupling_mean": 0.0}  # fmt: skip
+
+    label = SETTINGS[0].label
+    write_rows([row("other", 0, 1.0), row(label, 0, 2.0)], tmp_path / "coupling-20260101T0.parquet")
+    write_rows([row(label, 0, 3.0)], tmp_path / "coupling-20260102T0.parquet")
+    merged = merged_rows(tmp_path)
+    assert [(r["setting"], r["value"]) for r in merged] == [(label, 3.0), ("other", 1.0)]

@@ -293,5 +293,8 @@ def test_input_gain_feeds_f_the_short_exposure_and_targets_it_re_exposed(nets) -
         lower_l = task.lower_loss(upper, lower, batch).item()
     assert task.upper_loss(upper, lower, batch).item() == pytest.approx(l1_y, rel=1e-6)
     assert warm == pytest.approx(lower_l + l1_y + 0.5 * l1_x, rel=1e-5)
+    # F alone is scored at the reference's exposure: re-exposed by ratio / g
+    alone = task.generator_alone(expected.clamp(0, 1), batch)
+    torch.testing.assert_close(alone, batch["rgb"], rtol=1e-3, atol=2e-3)
     with pytest.raises(ValueError, match="input_gain"):
         EnhanceTask(input_gain=0.0)

@@ -168,6 +168,22 @@ def run_coupling_bench(
     return rows
 
 
+def merged_rows(folder: str | Path) -> list[dict[str, Any]]:
+    """Every `coupling-*.parquet` in `folder`, the newest row per (setting, solver, seed), in
+    `SETTINGS` order: settings measured by separate invocations (`--only`) in one table."""
+    import pyarrow.parquet as pq
+
+    newest: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for path in sorted(Path(folder).glob("coupling-*.parquet")):  # names carry a UTC stamp
+        for row in pq.read_table(path).to_pylist():
+            newest[(row["setting"], row["solver"], row["seed"])] = row
+    order = {s.label: i for i, s in enumerate(SETTINGS)}
+    return sorted(
+        newest.values(),
+        key=lambda r: (order.get(r["setting"], len(order)), r["setting"], r["solver"], r["seed"]),
+    )
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return "–"

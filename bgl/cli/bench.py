@@ -104,6 +104,11 @@ def add_bench_commands(subparsers: Any) -> None:
         "--only", nargs="+", default=None, help="settings whose label starts with one of these"
     )
     b.add_argument("--readme", default=None, help="rewrite this README's coupling table")
+    b.add_argument(
+        "--merge",
+        action="store_true",
+        help="table from every coupling-*.parquet in the output folder (newest row per run)",
+    )
     add_output_dir(b)
     b.set_defaults(func=_bench_coupling)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
@@ -325,6 +330,7 @@ def _bench_coupling(args: argparse.Namespace) -> int:
         README_END,
         README_START,
         SETTINGS,
+        merged_rows,
         print_table,
         render_markdown,
         run_coupling_bench,
@@ -346,6 +352,8 @@ def _bench_coupling(args: argparse.Namespace) -> int:
         out_dir=args.output_dir,
         console=console,
     )
+    if args.merge:
+        rows = merged_rows(args.output_dir)
     print_table(rows, console)
     if args.readme:
         path = replace_block(args.readme, README_START, README_END, render_markdown(rows))

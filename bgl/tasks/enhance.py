@@ -265,6 +265,13 @@ class EnhanceTask(Task):
             loss = loss + self.warm_generator_weight * F.l1_loss(x, self.generator_target(batch))
         return loss
 
+    def generator_alone(self, x01: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """F's image at the reference's exposure: x itself, or with `input_gain` g x re-exposed
+        by ratio / g (undoing `generator_target`'s darkening), as `bgl develop` shows F alone."""
+        if self.input_gain is None:
+            return x01
+        return reexpose(x01, batch["ratio"].to(x01.dtype) / self.input_gain)
+
     def generator_target(self, batch: Batch) -> torch.Tensor:
         """What F alone should render in the warm start: the reference, or with `input_gain` g
         the reference re-exposed to the short exposure at gain g (g / ratio of it)."""
@@ -281,7 +288,8 @@ class EnhanceTask(Task):
         """Per-image means over the set: psnr, ssim (of y), psnr_generator, upper/lower losses.
 
         PSNR and SSIM are computed per image and averaged over images (not over a concatenated
-        set); `psnr_generator` scores clamp(F(raw), 0, 1) alone. The losses are batch means
+        set); `psnr_generator` scores F alone: clamp(F(raw), 0, 1), re-exposed by ratio / g for a
+        block with `input_gain` g (`generator_alone`), so it is what F renders without G. The losses are batch means
         weighted by batch size. Both modules run in eval mode (BatchNorm running statistics) under
         no_grad; their previous train/eval flags are restored afterwards. `psnr_input` is the
         naive baseline: the amplified RAW shown directly (see `amplified_input`).
@@ -304,7 +312,7 @@ class EnhanceTask(Task):
                 n = rgb.shape[0]
                 sums["psnr"] += psnr(y, rgb).sum().item()
                 sums["ssim"] += ssim(y, rgb).sum().item()
-                sums["psnr_generator"] += psnr(x01, rgb).sum().item()
+                sums["psnr_generator"] += psnr(self.generator_alone(x01, batch), rgb).sum().item()
                 sums["psnr_input"] += psnr(amplified_input(batch["raw"]), rgb).sum().item()
                 sums["upper_loss"] += F.l1_loss(y, rgb).item() * n
                 sums["lower_loss"] += self._lower_from(x01, illumination).item() * n
