@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bgl.solvers.registry import get_solver
+from bgl.solvers.registry import SOLVER_NAMES, get_solver
 
 README_START, README_END = "<!-- coupling:start -->", "<!-- coupling:end -->"
 
@@ -150,10 +151,13 @@ def run_coupling_bench(
     tasks = [(s, solver, seed, k) for s in settings for solver in solvers for seed in seeds]
     rows: list[dict[str, Any]] = []
     workers = max(1, min(jobs, len(tasks), os.cpu_count() or 1))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_one, *t) for t in tasks]
-        for n, future in enumerate(futures, 1):
-            row = future.result()
+    with ProcessPoolExecutor(max_workers=workers) if workers > 1 else nullcontext() as pool:
+        results = (
+            (f.result() for f in [pool.submit(run_one, *t) for t in tasks])
+            if pool is not None
+            else (run_one(*t) for t in tasks)  # one at a time: in this process
+        )
+        for n, row in enumerate(results, 1):
             rows.append(row)
             if console is not None:
                 value = row.get("value")
@@ -178,9 +182,15 @@ def merged_rows(folder: str | Path) -> list[dict[str, Any]]:
         for row in pq.read_table(path).to_pylist():
             newest[(row["setting"], row["solver"], row["seed"])] = row
     order = {s.label: i for i, s in enumerate(SETTINGS)}
+    solvers = {name: i for i, name in enumerate(SOLVER_NAMES)}
     return sorted(
         newest.values(),
-        key=lambda r: (order.get(r["setting"], len(order)), r["setting"], r["solver"], r["seed"]),
+        key=lambda r: (
+            order.get(r["setting"], len(order)),
+            r["setting"],
+            solvers.get(r["solver"], len(solvers)),
+            r["seed"],
+        ),
     )
 
 

@@ -109,6 +109,9 @@ def add_bench_commands(subparsers: Any) -> None:
         action="store_true",
         help="table from every coupling-*.parquet in the output folder (newest row per run)",
     )
+    b.add_argument(
+        "--report", action="store_true", help="run nothing: --merge's table from the rows on disk"
+    )
     add_output_dir(b)
     b.set_defaults(func=_bench_coupling)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
@@ -343,17 +346,21 @@ def _bench_coupling(args: argparse.Namespace) -> int:
     if not settings:
         error(f"--only {' '.join(args.only)} matches no setting")
         return 2
-    rows = run_coupling_bench(
-        settings=settings,
-        solvers=args.solvers,
-        seeds=args.seeds,
-        k=args.k,
-        jobs=args.jobs,
-        out_dir=args.output_dir,
-        console=console,
-    )
-    if args.merge:
+    if not args.report:
+        rows = run_coupling_bench(
+            settings=settings,
+            solvers=args.solvers,
+            seeds=args.seeds,
+            k=args.k,
+            jobs=args.jobs,
+            out_dir=args.output_dir,
+            console=console,
+        )
+    if args.merge or args.report:
         rows = merged_rows(args.output_dir)
+        if not rows:
+            error(f"no coupling-*.parquet rows in {args.output_dir}")
+            return 2
     print_table(rows, console)
     if args.readme:
         path = replace_block(args.readme, README_START, README_END, render_markdown(rows))
