@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "studies"
 SHIPPED = {
     "quickstart": [],
+    "search": [],
     "solver_ablation": [],
     "transfer": [],
     "paper_enhance": ["--set", "base.data.root=/x"],
@@ -68,8 +69,22 @@ def test_plan_never_imports_ray(shipped):
         assert _plan(shipped, name)["num_trials"] > 0
 
 
-def test_quickstart_initial_points_then_tpe(shipped):
+def test_quickstart_is_a_grid_of_solvers_and_seeds_at_one_setting(shipped):
     plan = _plan(shipped, "quickstart")
+    assert (plan["sampler"], plan["num_trials"]) == ("grid", 9)
+    trials = plan["trials"]
+    pairs = [(t["solver"], t["params"]["seed"]) for t in trials]
+    assert sorted(pairs) == [(s, seed) for s in ("ibgl", "naive", "tbgl") for seed in (0, 1, 2)]
+    for t in trials:  # k only where it is read
+        assert t["settings"]["solver.k"] == (2 if t["solver"] == "ibgl" else 1)
+        assert t["settings"]["total_steps"] == 225
+    study = load_study(STUDIES / "quickstart.yaml")
+    optims = {str(study.trial_config({"solver.name": s}).optim) for s in study.solvers}
+    assert len(optims) == 1  # the same hyperparameters for every solver
+
+
+def test_search_initial_points_then_tpe(shipped):
+    plan = _plan(shipped, "search")
     assert (plan["sampler"], plan["num_trials"], plan["type"]) == ("tpe", 6, "search")
     assert plan["objectives"] == [{"metric": "psnr", "mode": "max"}]
     assert plan["resources"] == {
@@ -111,7 +126,7 @@ def test_solver_ablation_is_the_whole_grid(shipped):
         rows = [t for t in trials if t["solver"] == solver]
         assert sorted(t["params"]["seed"] for t in rows) == [0, 1, 2, 3, 4]
         assert {t["settings"]["solver.k"] for t in rows} == {3 if solver in ("ibgl", "aid") else 1}
-        assert {t["settings"]["total_steps"] for t in rows} == {600}
+        assert {t["settings"]["total_steps"] for t in rows} == {500}  # 300 warm + 200
     naive, tbgl, aid = trials[0]["params"], trials[5]["params"], trials[15]["params"]
     assert naive == {"task.name": "enhance", "solver.name": "naive", "seed": 0}
     assert tbgl["solver.delta"] == 0.01 and "solver.k" not in tbgl
@@ -154,7 +169,7 @@ def test_paper_enhance_needs_its_root_and_plans_twelve(shipped, capsys):
 
 
 def test_table_and_set_overrides(capsys):
-    path = str(STUDIES / "quickstart.yaml")
+    path = str(STUDIES / "search.yaml")
     assert main(["study", "plan", path, "--set", "search.num_samples=8"]) == 0
     out = capsys.readouterr().out
     assert "trials: 8" in out and "sampled by tpe" in out and "in_trial" in out

@@ -24,7 +24,8 @@ def _study(**search):
 
 
 @pytest.mark.parametrize(
-    "name", ["quickstart", "solver_ablation", "paper_enhance", "paper_detect", "paper_segment"]
+    "name",
+    ["quickstart", "search", "solver_ablation", "paper_enhance", "paper_detect", "paper_segment"],
 )
 def test_shipped_studies_load(name):
     study = load_study(STUDIES / f"{name}.yaml", ["base.data.root=/data/somewhere"])
@@ -32,8 +33,8 @@ def test_shipped_studies_load(name):
         study.trial_config({"solver.name": solver})
 
 
-def test_quickstart_study_loads():
-    study = load_study(STUDIES / "quickstart.yaml")
+def test_search_study_loads():
+    study = load_study(STUDIES / "search.yaml")
     assert study.solvers == ["naive", "tbgl", "ibgl"] and study.num_samples >= 3
     assert {p.path for p in study.params} >= {"solver.k", "solver.delta", "optim.upper_lr"}
 
