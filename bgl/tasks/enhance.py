@@ -289,10 +289,11 @@ class EnhanceTask(Task):
 
         PSNR and SSIM are computed per image and averaged over images (not over a concatenated
         set); `psnr_generator` scores F alone: clamp(F(raw), 0, 1), re-exposed by ratio / g for a
-        block with `input_gain` g (`generator_alone`), so it is what F renders without G. The losses are batch means
-        weighted by batch size. Both modules run in eval mode (BatchNorm running statistics) under
-        no_grad; their previous train/eval flags are restored afterwards. `psnr_input` is the
-        naive baseline: the amplified RAW shown directly (see `amplified_input`).
+        block with `input_gain` g (`generator_alone`), so it is what F renders without G. The
+        losses are batch means weighted by batch size. Both modules run in eval mode (BatchNorm
+        running statistics) under no_grad; their previous train/eval flags are restored
+        afterwards. `psnr_input` is the naive baseline: the amplified RAW shown directly (see
+        `amplified_input`).
 
         The further `metrics` are per-image means of y as well, keyed by name; LOE compares y
         with that amplified input (the low-light image it was enhanced from). An image a metric
