@@ -40,6 +40,7 @@ from bgl.models.generator import MULTIPLE, GenerativeBlock
 from bgl.models.weights import NotACheckpointError, read_torch_file
 from bgl.raw.colour import RAW_SPACES
 from bgl.raw.tone import reexpose
+from bgl.raw.unprocess import DEFAULT_RATIO_RANGE
 
 __all__ = [
     "AUTO_RATIO_TARGET",
@@ -193,8 +194,6 @@ def input_scale(config: dict[str, Any]) -> float | None:
     gain = (task.get("options") or {}).get("input_gain") if task.get("name") == "enhance" else None
     if gain is None:
         return None
-    from bgl.raw.unprocess import DEFAULT_RATIO_RANGE
-
     low, high = (config.get("data") or {}).get("ratio_range") or DEFAULT_RATIO_RANGE
     return float(gain) / math.sqrt(float(low) * float(high))
 

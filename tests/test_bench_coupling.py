@@ -78,3 +78,4 @@ def test_merged_rows_keep_the_newest_run_per_setting_solver_seed(tmp_path: Path)
     write_rows([row(label, 0, 3.0)], tmp_path / "coupling-20260102T0.parquet")
     merged = merged_rows(tmp_path)
     assert [(r["setting"], r["value"]) for r in merged] == [(label, 3.0), ("other", 1.0)]
+    assert f"{label}: {SETTINGS[0].note}" in render_markdown(merged)  # the setting's note shown

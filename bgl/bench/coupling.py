@@ -266,6 +266,10 @@ def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
     notes = [f"{s}: psnr_input {v:.2f}" for s, v in inputs.items()]
     if notes:
         lines += ["", "Baseline (the amplified input shown directly): " + "; ".join(notes) + "."]
+    shown = {line["setting"] for line in summarise(rows)}
+    about = [f"{s.label}: {s.note}" for s in SETTINGS if s.note and s.label in shown]
+    if about:
+        lines += ["", "Settings: " + "; ".join(about) + "."]
     return "\n".join(lines) + "\n"
 
 
