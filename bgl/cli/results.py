@@ -3,6 +3,7 @@
 ```
 bgl results list
 bgl results show quickstart [--sort psnr] [--top 10] [--pareto psnr:max,peak_memory_mib:min]
+bgl results show quickstart --wide       # every column at full length (the default fits 80)
 bgl results show transfer STUDY          # a transfer study as the paper's Table 3
 bgl results query "SELECT solver, max(psnr) FROM trials GROUP BY solver" [--study quickstart]
 bgl results export quickstart --format csv -o exports/quickstart
@@ -10,7 +11,10 @@ bgl results plot quickstart -o plots/quickstart
 bgl results compare quickstart [--by solver] [--baseline naive] [--bootstrap 2000] [--plot]
 bgl results importance quickstart [--format json]   # Optuna parameter importances
 ```
-`--results-dir` (default `results`) goes before or after the sub-command. Every handler takes
+`--results-dir` (default `results`) and `--wide` go before or after the sub-command. In a
+terminal a table fits the console (80 columns included): short headers, its essential columns
+and the others while they fit; `--wide`, and output to a pipe or file, print every column with
+its full name. Every handler takes
 the parsed Namespace and returns an exit code: 0 ok, 1 nothing to show, 2 a user error.
 """
 
@@ -55,6 +59,7 @@ from bgl.analysis.query import (
     study_directions,
     transfer_table,
 )
+from bgl.results.tables import WIDE_WIDTH, Column, fit_table, natural_width, short_names
 
 DEFAULT_RESULTS_DIR = "results"
 DEFAULT_PARETO = "psnr:max,peak_memory_mib:min"
@@ -62,6 +67,7 @@ VIEWS = ("transfer",)  # `bgl results show VIEW STUDY`
 # columns every trials table has (sorting by one adds no column)
 _SHOWN_ALWAYS = {"trial_id", "status", "solver", "wall_time_s", "peak_memory_mib"}
 _STATUS_STYLE = {"completed": "green", "diverged": "yellow", "stopped": "cyan", "error": "red"}
+_MORE = "more columns: --wide"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -78,6 +84,7 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_RESULTS_DIR,
         help=f"folder holding the study folders (default: {DEFAULT_RESULTS_DIR})",
     )
+    parser.add_argument("--wide", action="store_true", help=_WIDE_HELP)
     sub = parser.add_subparsers(dest="results_command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="every study: trial counts, best metric, last change")
@@ -171,16 +178,33 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+_WIDE_HELP = "every column, full headers (default: the columns that fit the console)"
+
+
 def _results_dir(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: given after the sub-command it wins, otherwise the `results` default stands
     parser.add_argument("--results-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--wide", action="store_true", default=argparse.SUPPRESS, help=_WIDE_HELP)
 
 
-def _console(stderr: bool = False) -> Console:
-    """Rich console on the current stdout/stderr; wide when not a terminal (pipes, tests)."""
+def _width(args: argparse.Namespace, console: Console) -> int | None:
+    """The width a default view fits; None (every column, full headers) under `--wide` and
+    where the output is not a terminal (pipes, files: the full table, as before)."""
+    wide = getattr(args, "wide", False) or console.width >= WIDE_WIDTH
+    return None if wide else console.width
+
+
+def _console(stderr: bool = False, wide: bool = False) -> Console:
+    """Rich console on the current stdout/stderr; wide under `--wide` and when not a terminal
+    (pipes, tests), so that no table is squeezed there."""
     stream = sys.stderr if stderr else sys.stdout
-    wide = not stream.isatty() and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=400 if wide else None)
+    wide = wide or (not stream.isatty() and "COLUMNS" not in os.environ)
+    return Console(stderr=stderr, width=WIDE_WIDTH if wide else None)
+
+
+def _out(args: argparse.Namespace) -> Console:
+    """The stdout console of a table-printing command (`--wide`: 400 columns)."""
+    return _console(wide=getattr(args, "wide", False))
 
 
 def _handles_errors(fn: Handler) -> Handler:
@@ -211,35 +235,53 @@ def human_bytes(n: int) -> str:
 @_handles_errors
 def cmd_list(args: argparse.Namespace) -> int:
     studies = list_studies(args.results_dir)
-    console = _console()
+    console = _out(args)
     if not studies:
         console.print(f"no studies under {args.results_dir}")
         return 1
-    table = Table(title=f"studies in {args.results_dir}")
-    for name in ("study", "trials", "completed", "diverged", "stopped", "errored"):
-        table.add_column(name, justify="left" if name == "study" else "right")
-    for name in ("metric", "best", "best trial", "disk", "last modified"):
-        table.add_column(name, justify="right" if name in ("best", "disk") else "left")
-    for s in studies:
-        metric = f"{s['metric']} ({s['mode']})" if s["metric"] else "-"
-        table.add_row(
-            escape(s["study"]),
-            str(s["trials"]),
-            str(s["completed"]),
-            str(s["diverged"]),
-            str(s["stopped"]),
-            str(s["errored"]),
-            metric,
-            _fmt(s["best"], ".4f"),
-            s["best_trial"] or "-",
-            human_bytes(s["disk_bytes"]),
-            s["last_modified"].strftime("%Y-%m-%d %H:%M:%S"),
-        )
-    console.print(table)
+    console.print(_list_table(studies, args.results_dir, _width(args, console)))
     for s in studies:
         if s.get("problem"):
             console.print(f"  {s['study']}: {s['problem']}", highlight=False, markup=False)
     return 0
+
+
+def _list_table(studies: Sequence[Mapping[str, Any]], root: str, width: int | None) -> Table:
+    """Narrow: study, counts (failure counts where any), metric, best; then trial, date, disk."""
+    narrow = width is not None
+    counts = ("trials", "completed", "diverged", "stopped", "errored")
+    failures = counts[2:]
+    cols = {
+        "study": Column("study", justify="left"),
+        **{name: Column(name, rank=1 if name in failures else 0) for name in counts},
+        "metric": Column("metric", justify="left"),
+        "best": Column("best"),
+        "best trial": Column("best trial", justify="left", rank=1),
+        "disk": Column("disk", rank=3),
+        "last modified": Column("modified" if narrow else "last modified", justify="left", rank=2),
+    }
+    for s in studies:
+        metric = f"{s['metric']} ({s['mode']})" if s["metric"] else "-"
+        cells = {
+            "study": escape(s["study"]),
+            **{name: str(s[name]) for name in counts},
+            "metric": metric,
+            "best": _fmt(s["best"], ".4f"),
+            "best trial": s["best_trial"] or "-",
+            "disk": human_bytes(s["disk_bytes"]),
+            "last modified": s["last_modified"].strftime(
+                "%Y-%m-%d %H:%M" if narrow else "%Y-%m-%d %H:%M:%S"
+            ),
+        }
+        for name, cell in cells.items():
+            cols[name].cells.append(cell)
+    shown = [c for name, c in cols.items() if not (narrow and name in failures and _zeros(c))]
+    return fit_table(shown, width, title=f"studies in {root}", more=_MORE)
+
+
+def _zeros(column: Column) -> bool:
+    """Every cell 0 or '-': a column the narrow view leaves out."""
+    return all(cell in ("0", "-") for cell in column.cells)
 
 
 # -- show -----------------------------------------------------------------------------------
@@ -255,10 +297,12 @@ def cmd_show(args: argparse.Namespace) -> int:
                 "usage: bgl results show [transfer] STUDY"
             )
         rows = load_trials(args.results_dir, view_study)
-        _console().print(_transfer_table(rows, view_study))
+        console = _out(args)
+        console.print(_transfer_table(rows, view_study, _width(args, console)))
         return 0
     rows = load_trials(args.results_dir, args.study)
-    console = _console()
+    console = _out(args)
+    width = _width(args, console)
     columns = columns_of(rows)
     metric = primary_metric(rows)
     metrics = metric_columns(rows, metric)
@@ -285,12 +329,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         title += f"; {metric} ({direction})"
         if best is not None:
             title += f" best {best[metric]:.4f} ({best['trial_id']}, {best.get('solver')})"
-    console.print(_trials_table(shown, rows, metrics, sort, mode, title))
+    chosen = bool(getattr(args, "metrics", None))
+    console.print(_trials_table(shown, rows, metrics, sort, mode, title, width, chosen))
     _print_errors(console, shown)
     _print_health_warnings(console, shown)
 
     summary = solver_summary(rows, metric, metric_mode(metric, rows) if metric else None)
-    console.print(_summary_table(summary, metric))
+    console.print(_summary_table(summary, metric, width))
 
     objectives = None
     if args.pareto:
@@ -307,33 +352,40 @@ def cmd_show(args: argparse.Namespace) -> int:
         missing = [m for m, _ in objectives if m not in columns]
         if missing:
             raise ResultsError(f"--pareto: no such column {', '.join(missing)}")
-        console.print(_pareto_table(rows, objectives))
+        console.print(_pareto_table(rows, objectives, width))
     if is_transfer(rows):
-        console.print(_transfer_table(rows, args.study))
+        console.print(_transfer_table(rows, args.study, width))
     return 0
 
 
-def _transfer_table(rows: Sequence[Mapping[str, Any]], study: str) -> Table:
+def _transfer_table(
+    rows: Sequence[Mapping[str, Any]], study: str, width: int | None = None
+) -> Table:
     """Table 3's layout: one row per model; n/a where its target was not run."""
     entries = transfer_table(rows)
     headers = [header for *_, header in TRANSFER_COLUMNS]
-    table = Table(
+    cols = [
+        Column("model", justify="left"),
+        Column("basic task", justify="left"),
+        Column("strategy", justify="left"),
+        *(Column(header) for header in headers),
+    ]
+    for e in entries:
+        model = escape(str(e["model"]))
+        if e["source_status"] not in (None, "completed"):
+            model += f" [{_STATUS_STYLE.get(e['source_status'], 'white')}]({e['source_status']})[/]"
+        cells = [model, _fmt(e["basic_task"]), _fmt(e["strategy"])]
+        cells += [_transfer_cell(e[h]) for h in headers]
+        for col, cell in zip(cols, cells):
+            col.cells.append(cell)
+    return fit_table(
+        cols,
+        width,
         title=f"{study}: transfer of the generative block (Table 3)",
         title_justify="left",
         caption="EN: enhancement, DE: detection, SE: segmentation, each trained on the frozen "
         "generative block of its row; n/a: not run",
     )
-    for name in ("model", "basic task", "strategy"):
-        table.add_column(name)
-    for header in headers:
-        table.add_column(header, justify="right")
-    for e in entries:
-        model = escape(str(e["model"]))
-        if e["source_status"] not in (None, "completed"):
-            model += f" [{_STATUS_STYLE.get(e['source_status'], 'white')}]({e['source_status']})[/]"
-        cells = [_transfer_cell(e[h]) for h in headers]
-        table.add_row(model, _fmt(e["basic_task"]), _fmt(e["strategy"]), *cells)
-    return table
 
 
 def _transfer_cell(value: Any) -> str:
@@ -351,7 +403,14 @@ def _trials_table(
     sort: str | None,
     mode: str | None,
     title: str,
+    width: int | None = None,
+    chosen: bool = False,
 ) -> Table:
+    """One row per trial. Narrow (`width`): trial, status, solver, the sort metric and the step
+    always, short parameter headers (`k`, `lr_F`); two parameters, the other metrics, wall time
+    and memory, then the other parameters while they fit. `width` None: every column, full
+    names. `chosen`: the metrics were asked for by name (all kept)."""
+    narrow = width is not None
     params, constants = _searched_params(rows)
     caption = []
     if sort:
@@ -360,33 +419,47 @@ def _trials_table(
         caption.append(f"top {len(shown)} of {len(rows)}")
     if constants:
         caption.append("constant: " + ", ".join(f"{k}={_fmt(v)}" for k, v in constants.items()))
-    table = Table(title=title, caption="; ".join(caption) or None, title_justify="left")
-    table.add_column("trial", no_wrap=True)
-    table.add_column("status")
-    table.add_column("solver")
-    for p in params:
-        table.add_column(p.removeprefix("param."), justify="right")
+    names = short_names(params) if narrow else {p: p.removeprefix("param.") for p in params}
+    cols: list[tuple[Column, Callable[[Mapping[str, Any]], str]]] = [
+        (Column("trial", justify="left"), lambda r: _fmt(r.get("trial_id"))),
+        (Column("status", justify="left"), _status_cell),
+        (Column("solver", justify="left"), lambda r: _fmt(r.get("solver"))),
+    ]
+    for i, p in enumerate(params):
+        rank = 1 if i < 2 else 4
+        cols.append((Column(names[p], rank=rank), lambda r, p=p: _fmt(r.get(p), ".4g")))
     for m in metrics:
-        table.add_column(m, justify="right", style="bold" if m == sort else None)
+        rank = 0 if m == sort or chosen or not narrow else 2
+        cols.append(
+            (
+                Column(m, rank=rank, style="bold" if m == sort else None),
+                lambda r, m=m: _fmt(r.get(m), _spec(m)),
+            )
+        )
     extra = sort if sort and sort not in metrics and sort not in _SHOWN_ALWAYS else None
     if extra and not extra.startswith("param."):
-        table.add_column(extra, justify="right", style="bold")
-    table.add_column("wall s", justify="right")
-    table.add_column("peak MiB", justify="right")
+        cols.append((Column(extra, style="bold"), lambda r: _fmt(r.get(extra), _spec(extra))))
+    cols.append((Column("step" if narrow else "steps"), lambda r: _fmt(r.get("steps"))))
+    cols += [
+        (Column("wall s", rank=3), lambda r: _fmt(r.get("wall_time_s"), ".1f")),
+        (Column("MiB" if narrow else "peak MiB", rank=3), lambda r: _fmt(peak_mib(r), ".0f")),
+    ]
     for r in shown:
-        status = str(r.get("status"))
-        cells = [
-            _fmt(r.get("trial_id")),
-            f"[{_STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]",
-            _fmt(r.get("solver")),
-        ]
-        cells += [_fmt(r.get(p), ".4g") for p in params]
-        cells += [_fmt(r.get(m), _spec(m)) for m in metrics]
-        if extra and not extra.startswith("param."):
-            cells.append(_fmt(r.get(extra), _spec(extra)))
-        cells += [_fmt(r.get("wall_time_s"), ".1f"), _fmt(peak_mib(r), ".0f")]
-        table.add_row(*cells)
-    return table
+        for col, cell in cols:
+            col.cells.append(cell(r))
+    return fit_table(
+        [c for c, _ in cols],
+        width,
+        title=title,
+        caption="; ".join(caption) or None,
+        title_justify="left",
+        more=_MORE,
+    )
+
+
+def _status_cell(row: Mapping[str, Any]) -> str:
+    status = str(row.get("status"))
+    return f"[{_STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]"
 
 
 def _searched_params(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, Any]]:
@@ -430,47 +503,67 @@ def _print_health_warnings(console: Console, rows: Sequence[Mapping[str, Any]]) 
             )
 
 
-def _summary_table(summary: Sequence[Mapping[str, Any]], metric: str | None) -> Table:
-    table = Table(title="per solver", title_justify="left")
-    table.add_column("solver")
+def _summary_table(
+    summary: Sequence[Mapping[str, Any]], metric: str | None, width: int | None = None
+) -> Table:
+    """Per solver. Narrow (`width`): the failure counts only where some trial failed so, and
+    mean wall time and memory while they fit."""
+    narrow = width is not None
+    cols = {"solver": Column("solver", justify="left")}
     for name in ("trials", *STATUSES):
-        table.add_column(name, justify="right")
+        cols[name] = Column(name, rank=0 if name in ("trials", "completed") else 1)
     if metric:
-        table.add_column(f"best {metric}", justify="right")
-        table.add_column(f"mean {metric}", justify="right")
-        table.add_column("best trial")
-    table.add_column("mean wall s", justify="right")
-    table.add_column("mean peak MiB", justify="right")
+        cols["best"] = Column(f"best {metric}")
+        cols["mean"] = Column(f"mean {metric}")
+        cols["best_trial"] = Column("best trial", justify="left")
+    cols["mean_wall_s"] = Column("wall s" if narrow else "mean wall s", rank=2)
+    cols["mean_peak_mib"] = Column("MiB" if narrow else "mean peak MiB", rank=2)
     for s in summary:
-        cells = [escape(s["solver"]), str(s["trials"]), *(str(s[k]) for k in STATUSES)]
+        cells = {"solver": escape(s["solver"]), "trials": str(s["trials"])}
+        cells |= {k: str(s[k]) for k in STATUSES}
         if metric:
-            cells += [_fmt(s["best"], ".4f"), _fmt(s["mean"], ".4f"), s["best_trial"] or "-"]
-        cells += [_fmt(s["mean_wall_s"], ".1f"), _fmt(s["mean_peak_mib"], ".0f")]
-        table.add_row(*cells)
-    return table
+            cells |= {
+                "best": _fmt(s["best"], ".4f"),
+                "mean": _fmt(s["mean"], ".4f"),
+                "best_trial": s["best_trial"] or "-",
+            }
+        cells |= {
+            "mean_wall_s": _fmt(s["mean_wall_s"], ".1f"),
+            "mean_peak_mib": _fmt(s["mean_peak_mib"], ".0f"),
+        }
+        for name, cell in cells.items():
+            cols[name].cells.append(cell)
+    shown = [c for name, c in cols.items() if not (narrow and name in STATUSES[1:] and _zeros(c))]
+    return fit_table(shown, width, title="per solver", title_justify="left", more=_MORE)
 
 
 def _pareto_table(
-    rows: Sequence[Mapping[str, Any]], objectives: Sequence[tuple[str, str]]
+    rows: Sequence[Mapping[str, Any]],
+    objectives: Sequence[tuple[str, str]],
+    width: int | None = None,
 ) -> Table:
+    """The front's trials: trial, solver, objectives; the parameters while they fit."""
     front = pareto_front(rows, objectives)
     spec = ", ".join(f"{m} {mode}" for m, mode in objectives)
     params, _ = _searched_params(rows)
-    table = Table(title=f"Pareto front ({spec}): {len(front)} trials", title_justify="left")
-    table.add_column("trial", no_wrap=True)
-    table.add_column("solver")
-    for m, _ in objectives:
-        table.add_column(m, justify="right", style="bold")
-    for p in params:
-        table.add_column(p.removeprefix("param."), justify="right")
+    narrow = width is not None
+    names = short_names(params) if narrow else {p: p.removeprefix("param.") for p in params}
+    cols = [Column("trial", justify="left"), Column("solver", justify="left")]
+    cols += [Column(m, style="bold") for m, _ in objectives]
+    cols += [Column(names[p], rank=1) for p in params]
     for r in front:
-        table.add_row(
-            _fmt(r.get("trial_id")),
-            _fmt(r.get("solver")),
-            *(_fmt(r.get(m), _spec(m)) for m, _ in objectives),
-            *(_fmt(r.get(p), ".4g") for p in params),
-        )
-    return table
+        cells = [_fmt(r.get("trial_id")), _fmt(r.get("solver"))]
+        cells += [_fmt(r.get(m), _spec(m)) for m, _ in objectives]
+        cells += [_fmt(r.get(p), ".4g") for p in params]
+        for col, cell in zip(cols, cells):
+            col.cells.append(cell)
+    return fit_table(
+        cols,
+        width,
+        title=f"Pareto front ({spec}): {len(front)} trials",
+        title_justify="left",
+        more=_MORE,
+    )
 
 
 def _has(rows: Sequence[Mapping[str, Any]], column: str) -> bool:
@@ -494,14 +587,41 @@ def cmd_query(args: argparse.Namespace) -> int:
     elif args.format == "json":
         clean = [{c: _json_value(v) for c, v in zip(columns, row)} for row in rows]
         sys.stdout.write(json.dumps(clean, indent=2, default=str, allow_nan=False) + "\n")
-    else:
-        out = Table(caption=f"{len(rows)} row{'' if len(rows) == 1 else 's'}")
-        for name, values in zip(columns, data):
-            out.add_column(escape(name), justify="right" if _numeric(values) else "left")
-        for row in rows:
-            out.add_row(*(_fmt(v, ".6g") for v in row))
-        _console().print(out)
+    else:  # every column the query asked for: folded, never cut, where the console is narrow
+        cols = [
+            Column(
+                escape(name),
+                [_fmt(v, ".6g") for v in values],
+                justify="right" if _numeric(values) else "left",
+            )
+            for name, values in zip(columns, data)
+        ]
+        console = _out(args)
+        width = _width(args, console)
+        caption = f"{len(rows)} row{'' if len(rows) == 1 else 's'}"
+        table = fit_table(cols, width, caption=caption)
+        if width is not None and natural_width(table) > width:
+            for part in _records(columns, rows):  # too wide for the terminal: a row at a time
+                console.print(part, highlight=False)
+            console.print(f"{caption}; a row per table (as one table: --wide)", highlight=False)
+        else:
+            console.print(table)
     return 0
+
+
+def _records(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str | Table]:
+    """Query rows as `column | value` tables, one per row: readable at any width."""
+    parts: list[str | Table] = []
+    for i, row in enumerate(rows, 1):
+        parts.append(f"row {i}")
+        cells = [escape(c) for c in columns], [_fmt(v, ".6g") for v in row]
+        table = fit_table(
+            [Column("column", cells[0], justify="left"), Column("value", cells[1], justify="left")],
+            None,
+            show_header=False,
+        )
+        parts.append(table)
+    return parts
 
 
 def _json_value(value: Any) -> Any:
@@ -600,8 +720,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         sys.stdout.write(_compare_markdown(result))
     else:
-        console = _console()
-        for part in _compare_tables(result):  # headings as lines: rich wraps a long title
+        console = _out(args)
+        for part in _compare_tables(result, _width(args, console)):  # headings as lines
             console.print(part, highlight=False)
     # notes and the plot's path: on stderr where stdout is data (csv, json)
     console = _console(stderr=machine)
@@ -672,30 +792,34 @@ def _ci(low: Any, high: Any, spec: str) -> str:
     return "-" if low is None else f"[{_fmt(low, spec)}, {_fmt(high, spec)}]"
 
 
-def _compare_tables(result: Mapping[str, Any]) -> list[str | Table]:
-    """Headings and tables: the groups, then their paired differences to the baseline."""
+def _compare_tables(result: Mapping[str, Any], width: int | None = None) -> list[str | Table]:
+    """Headings and tables: the groups, then their paired differences to the baseline.
+    Narrow (`width`): short headers; `left out` and `unmatched` only where not all empty."""
     metric, by, spec = result["metric"], result["by"], _spec(result["metric"])
+    narrow = width is not None
+    by_header = short_names([by])[by] if narrow else by
     parts: list[str | Table] = [
         f"{escape(str(result.get('study')))}: {escape(metric)} by {escape(by)} "
         f"({result['mode']} is better); {_interval_words(result)} of the mean over seeds"
     ]
-    groups = Table()
-    groups.add_column(by)
-    for name in ("n", "mean", "std", "95% CI", "left out"):
-        groups.add_column(name, justify="right")
+    cols = [Column(escape(by_header), justify="left")]
+    cols += [Column(n) for n in ("n", "mean", "std", "95% CI")]
+    cols.append(Column("left out", rank=1))
     for g in result["groups"]:
         failed = ", ".join(f"{n} {status}" for status, n in g["failed"].items() if n)
         if g["no_value"]:
             failed += (", " if failed else "") + f"{g['no_value']} no value"
-        groups.add_row(
+        cells = [
             escape(str(g["label"])),
             str(g["n"]),
             _fmt(g["mean"], spec),
             _fmt(g["std"], spec),
             _ci(g["ci_low"], g["ci_high"], spec),
             failed or "-",
-        )
-    parts.append(groups)
+        ]
+        for col, cell in zip(cols, cells):
+            col.cells.append(cell)
+    parts.append(fit_table(_drop_empty(cols, narrow), width, more=_MORE))
     if not result["differences"]:
         return parts
     base = escape(_baseline_label(result))
@@ -703,14 +827,15 @@ def _compare_tables(result: Mapping[str, Any]) -> list[str | Table]:
         f"paired difference to {base} over the seeds both ran: Δ = group − {base} "
         f"({_favours(result)})"
     )
-    differences = Table()
-    differences.add_column(by)
-    for name in ("pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (paired t)", "CI excl. 0"):
-        differences.add_column(name, justify="right")
+    headers = ("pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (paired t)", "CI excl. 0")
+    short = ("pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (t)", "excl. 0")
+    cols = [Column(escape(by_header), justify="left")]
+    for name in short if narrow else headers:
+        cols.append(Column(name, rank=1 if name in ("unmatched", "excl. 0") else 0))
     labels = {json.dumps(g["group"]): g["label"] for g in result["groups"]}
     for d in result["differences"]:
         excludes = d["excludes_zero"]
-        differences.add_row(
+        cells = [
             escape(str(labels[json.dumps(d["group"])])),
             str(d["n_pairs"]),
             str(d["n_unmatched"]),
@@ -718,9 +843,16 @@ def _compare_tables(result: Mapping[str, Any]) -> list[str | Table]:
             _ci(d["ci_low"], d["ci_high"], spec),
             _fmt(d["p_value"], ".3g"),
             "-" if excludes is None else ("yes" if excludes else "no"),
-        )
-    parts.append(differences)
+        ]
+        for col, cell in zip(cols, cells):
+            col.cells.append(cell)
+    parts.append(fit_table(_drop_empty(cols, narrow), width, more=_MORE))
     return parts
+
+
+def _drop_empty(cols: list[Column], narrow: bool) -> list[Column]:
+    """Narrow view: without the optional columns whose cells are all 0 or '-'."""
+    return [c for c in cols if not (narrow and c.rank > 0 and _zeros(c))]
 
 
 def _compare_markdown(result: Mapping[str, Any]) -> str:
@@ -773,13 +905,12 @@ def cmd_importance(args: argparse.Namespace) -> int:
     others = ", ".join(f"{n} {state}" for state, n in found["other_states"].items())
     if others:
         using += f" (left out: {others})"
-    table = Table()
-    table.add_column("parameter")
+    cols = [Column("parameter", [escape(p) for p in params], justify="left")]
     for o in objectives:
-        table.add_column(f"{escape(o['name'])} ({o['direction']})", justify="right")
-    for p in params:
-        table.add_row(escape(p), *(_fmt(o["importances"].get(p), ".3f") for o in objectives))
-    console = _console()
+        cells = [_fmt(o["importances"].get(p), ".3f") for p in params]
+        cols.append(Column(f"{escape(o['name'])} ({o['direction']})", cells))
+    console = _out(args)
+    table = fit_table(cols, _width(args, console))
     console.print(
         f"{args.study}: parameter importances (shares of 1)", highlight=False, markup=False
     )

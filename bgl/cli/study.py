@@ -9,6 +9,8 @@ import json
 import sys
 from typing import Any
 
+from rich.console import Console
+
 from bgl.cli.args import add_set_argument, console
 
 
@@ -40,6 +42,9 @@ def add_study_command(subparsers: Any) -> None:
     p.add_argument("study", help="study YAML (e.g. studies/solver_ablation.yaml)")
     add_set_argument(p, "a study key, e.g. --set search.num_samples=12")
     p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--wide", action="store_true", help="the table at full width (default: fits the terminal)"
+    )
     p.set_defaults(func=study_plan_command)
 
 
@@ -71,13 +76,19 @@ def study_plan_command(args: argparse.Namespace) -> int:
         print(json.dumps(plan, indent=2, default=str))
         return 0
     plan = plan_trials(load_study(args.study, args.set))
-    _print_plan(plan)
+    _print_plan(plan, wide=getattr(args, "wide", False))
     return 0
 
 
-def _print_plan(plan: dict[str, Any]) -> None:
+def _print_plan(plan: dict[str, Any], wide: bool = False, out: Console | None = None) -> None:
+    """The plan's header lines and trial table. Cells wrap, then fold, where the terminal is
+    narrow (never an ellipsis); `wide`: a 400-column console, nothing wrapped."""
     from rich.markup import escape
     from rich.table import Table
+
+    from bgl.results.tables import WIDE_WIDTH
+
+    out = out or (Console(width=WIDE_WIDTH) if wide else console)
 
     r = plan["resources"]
     trials = plan["trials"]
@@ -121,7 +132,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
         )
         lines.append(f"sampled by {plan['sampler']}: {escape(ranges)}")
     for line in lines:
-        console.print(line, highlight=False)
+        out.print(line, highlight=False)
     if transfer:
         columns = ["#", "trial", "source F", "metric", "data"]
     else:
@@ -129,7 +140,8 @@ def _print_plan(plan: dict[str, Any]) -> None:
         columns += ["solver", "parameters"] + (["data"] if "data" not in shared else [])
     table = Table()
     for column in [*columns, "k", "warm+steps"]:
-        table.add_column(column, justify="right" if column in ("#", "k") else "left")
+        justify = "right" if column in ("#", "k") else "left"
+        table.add_column(column, justify=justify, overflow="fold")
     for first, last, row in _collapse(trials):
         s = row["settings"]
         cells = {
@@ -149,7 +161,7 @@ def _print_plan(plan: dict[str, Any]) -> None:
             cells["solver"] = row["solver"] or "sampled"
             cells["parameters"] = _params(row)
         table.add_row(*(escape(cells[c]) for c in [*columns, "k", "warm+steps"]))
-    console.print(table)
+    out.print(table)
 
 
 def _collapse(trials: list[dict[str, Any]]) -> list[tuple[int, int, dict[str, Any]]]:

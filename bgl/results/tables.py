@@ -10,16 +10,22 @@ study's rows also say stage (source/target), model (M_a, ...), source_task, stra
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from bgl.results.parquet import rows_to_table, write_table
 from bgl.results.report import FINAL_KEY, REPLAYED_KEY, TRIAL_END_KEY
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 TRIALS = "trials"
 HISTORY = "history"
@@ -123,3 +129,103 @@ def _cast(value: Any, arrow: pa.DataType) -> Any:
     if pa.types.is_floating(arrow):
         return float(value)
     return str(value)
+
+
+# -- terminal tables ------------------------------------------------------------------------
+# Every table bgl prints fits the console: a default view keeps its essential columns and adds
+# the others, by priority, while they fit; `--wide` (WIDE_WIDTH) shows every column.
+
+#: the console width of `--wide` and of output that is not a terminal (pipes, files)
+WIDE_WIDTH = 400
+#: short headers of the parameters and columns every study has (`lr_F`: F's, the upper level's)
+SHORT_NAMES = {
+    "optim.upper_lr": "lr_F",
+    "optim.lower_lr": "lr_G",
+    "optim.warm_lr": "lr_warm",
+    "optim.upper_lr_min": "lr_F_min",
+    "optim.lower_lr_min": "lr_G_min",
+    "solver.name": "solver",
+    "task.name": "task",
+    "data.name": "data",
+    "peak_memory_mib": "MiB",
+    "wall_time_s": "wall s",
+}
+
+
+def short_names(names: Sequence[str]) -> dict[str, str]:
+    """Short headers for columns or parameter paths (`param.solver.k` -> `k`): the last part
+    of the path, or the whole path where two would read alike."""
+    bare = {n: n.removeprefix("param.") for n in names}
+    short = {n: SHORT_NAMES.get(b, b.rsplit(".", 1)[-1]) for n, b in bare.items()}
+    counts: dict[str, int] = {}
+    for s in short.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {n: short[n] if counts[short[n]] == 1 else bare[n] for n in names}
+
+
+@dataclass
+class Column:
+    """One column of a fitted table. `rank` 0: always shown; larger ranks are shown, lowest
+    first (then left to right), while the table still fits the console."""
+
+    header: str
+    cells: list[str] = field(default_factory=list)
+    rank: int = 0
+    justify: str = "right"
+    style: str | None = None
+
+
+def fit_table(
+    columns: Sequence[Column],
+    width: int | None,
+    console: Console | None = None,
+    *,
+    more: str = "",
+    **table: Any,
+) -> Table:
+    """A rich Table of the rank-0 columns and the others that fit `width` (None: all).
+
+    Cells wrap, then fold: no header or value is cut with an ellipsis even where the rank-0
+    columns alone are wider than the console. `more`, where columns were left out, is added to
+    the caption (e.g. "more columns: --wide"). `table` goes to `rich.table.Table`."""
+    from rich.console import Console
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    def build(chosen: Sequence[Column], probe: bool) -> Table:
+        out = Table(**table) if not probe else Table(**{**table, "title": None, "caption": None})
+        for c in chosen:
+            justify: Any = c.justify
+            out.add_column(c.header, justify=justify, style=c.style, overflow="fold")
+        rows = [[widest[id(c)] for c in chosen]] if probe else zip(*(c.cells for c in chosen))
+        for row in rows:
+            out.add_row(*row)
+        return out
+
+    if width is None:
+        return build(columns, probe=False)
+    widest: dict[int, str] = {}
+    for c in columns:  # a column is as wide as its widest line: measure one row of those
+        lines = [line for cell in c.cells for line in cell.split("\n")]
+        widest[id(c)] = max(lines, key=lambda s: Text.from_markup(s).cell_len, default="")
+    console = console or Console(width=width, file=io.StringIO())
+    options = console.options.update_width(2**20)  # measure the natural width, unclamped
+    chosen = {id(c) for c in columns if c.rank == 0}
+    for c in sorted((c for c in columns if c.rank > 0), key=lambda c: c.rank):
+        trial = [x for x in columns if id(x) in chosen or x is c]
+        if Measurement.get(console, options, build(trial, probe=True)).maximum <= width:
+            chosen.add(id(c))
+    if more and len(chosen) < len(columns):
+        table["caption"] = "; ".join(x for x in (table.get("caption"), more) if x)
+    return build([c for c in columns if id(c) in chosen], probe=False)
+
+
+def natural_width(table: Table, console: Console | None = None) -> int:
+    """How wide `table` prints where nothing squeezes it (to choose a layout that fits)."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = console or Console(width=WIDE_WIDTH, file=io.StringIO())
+    options = console.options.update_width(2**20)
+    return Measurement.get(console, options, table).maximum

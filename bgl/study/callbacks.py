@@ -15,10 +15,19 @@ from typing import Any
 from ray.tune import Callback
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from bgl.results.report import FINAL_KEY, TRIAL_END_KEY
-from bgl.results.tables import has_row, trial_row, write_trial
+from bgl.results.tables import (
+    WIDE_WIDTH,
+    Column,
+    fit_table,
+    has_row,
+    short_names,
+    trial_row,
+    write_trial,
+)
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
 
@@ -130,18 +139,25 @@ def _resources(total: bool) -> str:
 
 
 class LiveTable(Callback):
-    """A rich table of trials, refreshed as results arrive."""
+    """A rich table of trials, refreshed as results arrive, that fits the terminal: trial,
+    status, solver, step and the metric always; the searched parameters (short headers: `k`,
+    `lr_F`) while they fit. `wide`: every column at full length (400 columns)."""
 
-    def __init__(self, study: StudyConfig) -> None:
+    def __init__(self, study: StudyConfig, wide: bool = False) -> None:
         self.metric = study.objectives[0].metric
-        self.params = [p.path for p in study.params if p.type != "constant"]
+        # the solver column already says solver.name
+        self.params = [
+            p.path for p in study.params if p.type != "constant" and p.path != "solver.name"
+        ]
+        self.wide = wide
         self._live: Live | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_live": None}
 
     def setup(self, **info: Any) -> None:
-        self._live = Live(console=Console(), refresh_per_second=2, transient=False)
+        console = Console(width=WIDE_WIDTH) if self.wide else Console()
+        self._live = Live(console=console, refresh_per_second=2, transient=False)
         self._live.start()
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
@@ -154,24 +170,37 @@ class LiveTable(Callback):
             self._live.stop()
             self._live = None
 
-    def _table(self, trials: list) -> Table:
-        table = Table(title="trials")
-        for col in ("trial", "status", "solver", *self.params, "step", self.metric):
-            table.add_column(col, justify="right")
+    def _table(self, trials: list, width: int | None = None) -> Table:
+        """The table at `width` columns (default: the live console's; `wide`: every column)."""
+        if width is None and not self.wide:
+            width = self._live.console.width if self._live is not None else None
+        names = short_names(self.params)
+        headers = {p: names[p] if not self.wide else p for p in self.params}
+        cols = [
+            Column("trial", justify="left"),
+            Column("status", justify="left"),
+            Column("solver", justify="left"),
+            *(Column(headers[p], rank=1 if i < 2 else 2) for i, p in enumerate(self.params)),
+            Column("step"),
+            Column(self.metric),
+        ]
         for t in trials:
             cfg, res = t.config or {}, t.last_result or {}
             metric = res.get(self.metric)
-            table.add_row(
+            status = res.get("status", t.status) if res.get(FINAL_KEY) else t.status
+            # a trial's last report (the run summary) says `steps`; its evaluations say `step`
+            step = res.get("step", res.get("steps"))
+            cells = [
                 t.trial_id,
-                str(res.get("status", t.status)).lower()
-                if res.get(FINAL_KEY)
-                else t.status.lower(),
+                str(status).lower(),
                 str(cfg.get("solver.name", "")),
                 *[_short(cfg.get(p)) for p in self.params],
-                str(res.get("step", "")),
+                "" if step is None else str(step),
                 "" if metric is None else f"{metric:.4f}",
-            )
-        return table
+            ]
+            for col, cell in zip(cols, cells):
+                col.cells.append(escape(cell))
+        return fit_table(cols, None if self.wide else width, title="trials")
 
 
 def _short(value: Any) -> str:
