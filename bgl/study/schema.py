@@ -129,8 +129,46 @@ class Checkpoints:
 @dataclass
 class Logging:
     tensorboard: bool = True
-    mlflow: dict[str, Any] | None = None  # MLflowLoggerCallback kwargs
-    wandb: dict[str, Any] | None = None  # WandbLoggerCallback kwargs
+    mlflow: dict[str, Any] | None = None  # MLflowLoggerCallback kwargs (checked: _check_mlflow)
+    wandb: dict[str, Any] | None = None  # WandbLoggerCallback + wandb.init kwargs (_check_wandb)
+
+
+# Ray's MLflowLoggerCallback keywords (ray 2.60); bgl fills experiment_name with the study's name
+MLFLOW_KEYS = {
+    "tracking_uri",
+    "registry_uri",
+    "experiment_name",
+    "tags",
+    "tracking_token",
+    "save_artifact",
+    "log_params_on_trial_end",
+}
+# Ray's WandbLoggerCallback keywords (ray 2.60) and the wandb.init keywords it passes on (0.31)
+WANDB_KEYS = {
+    "project",
+    "group",
+    "api_key_file",
+    "excludes",
+    "log_config",
+    "upload_checkpoints",
+    "upload_timeout",
+    "video_kwargs",
+    "image_kwargs",
+    "entity",
+    "dir",
+    "notes",
+    "tags",
+    "config_exclude_keys",
+    "config_include_keys",
+    "job_type",
+    "mode",
+    "save_code",
+    "settings",
+    "anonymous",
+}
+WANDB_MODES = ("online", "offline", "disabled")
+# set per trial by the callback: one value for every trial would merge all trials into one run
+_WANDB_PER_TRIAL = ("id", "name", "resume", "reinit", "config", "allow_val_change")
 
 
 @dataclass
@@ -277,6 +315,10 @@ def parse_study(data: dict[str, Any]) -> StudyConfig:
     if r.pending_warn_s <= 0:
         raise ConfigError("resources.pending_warn_s: must be positive (seconds)")
     study.logging = build_dataclass(Logging, data.get("logging") or {}, "logging.")
+    if study.logging.mlflow is not None:
+        study.logging.mlflow = _check_mlflow(study.logging.mlflow, name)
+    if study.logging.wandb is not None:
+        study.logging.wandb = _check_wandb(study.logging.wandb, name)
     _check_paths_exist(study)
     return study
 
@@ -342,6 +384,61 @@ def _parse_transfer(study: StudyConfig, data: dict[str, Any]) -> None:
     study.solvers = list(spec.source_solvers)
     study.tasks = list(dict.fromkeys([*spec.source_tasks, *spec.target_tasks]))
     study.objectives = [Objective("psnr", "max")]  # per trial: its task's primary metric
+
+
+def _check_mlflow(block: dict[str, Any], study_name: str) -> dict[str, Any]:
+    """`logging.mlflow`: checked here, not when Tune calls the callback's setup after Ray has
+    started; a copy with `experiment_name` defaulting to the study's name."""
+    key = "logging.mlflow"
+    reject_unknown(block, MLFLOW_KEYS, key + ".")
+    uri = block.get("tracking_uri")
+    if not isinstance(uri, str) or not uri.strip():
+        raise ConfigError(
+            f"{key}.tracking_uri: required (without it MLflow writes wherever the process runs); "
+            "write e.g. `tracking_uri: file:results/mlruns` (a local file store), "
+            "`sqlite:///results/mlflow.db` or `http://host:5000` (a tracking server)"
+        )
+    for name in ("experiment_name", "registry_uri", "tracking_token"):
+        if block.get(name) is not None and not isinstance(block[name], str):
+            raise ConfigError(f"{key}.{name}: expected a string, got {block[name]!r}")
+    if block.get("tags") is not None and not isinstance(block["tags"], dict):
+        raise ConfigError(f"{key}.tags: expected a mapping of tag names to values")
+    out = dict(block)
+    out["experiment_name"] = block.get("experiment_name") or study_name
+    return out
+
+
+def _check_wandb(block: dict[str, Any], study_name: str) -> dict[str, Any]:
+    """`logging.wandb`: checked before Ray starts; a copy with `project` and `group` defaulting
+    to the study's name (Ray's default group is Tune's folder name, `tune`)."""
+    key = "logging.wandb"
+    for name in _WANDB_PER_TRIAL:
+        if name in block:
+            raise ConfigError(
+                f"{key}.{name}: set per trial by bgl (run id: the trial id, name: "
+                "<study>-<trial id>, config: the trial's parameters); remove it"
+            )
+    if "api_key" in block:
+        raise ConfigError(
+            f"{key}.api_key: keep the key out of the study file; set WANDB_API_KEY, run "
+            "`wandb login`, or give `api_key_file: ~/.wandb_key`"
+        )
+    reject_unknown(block, WANDB_KEYS, key + ".")
+    mode = block.get("mode", "online")
+    if mode not in WANDB_MODES:
+        raise ConfigError(
+            f"{key}.mode: must be one of {', '.join(WANDB_MODES)} (offline: no account, "
+            f"`wandb sync` later), got {mode!r}"
+        )
+    for name in ("project", "group", "entity", "dir", "api_key_file"):
+        if block.get(name) is not None and not isinstance(block[name], str):
+            raise ConfigError(f"{key}.{name}: expected a string, got {block[name]!r}")
+    if block.get("settings") is not None and not isinstance(block["settings"], dict):
+        raise ConfigError(f"{key}.settings: expected a mapping of wandb.Settings fields")
+    out = dict(block)
+    out["project"] = block.get("project") or study_name
+    out["group"] = block.get("group") or study_name
+    return out
 
 
 def _check_paths_exist(study: StudyConfig) -> None:
