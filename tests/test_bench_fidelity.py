@@ -22,7 +22,7 @@ from bgl.bench.fidelity import (
     summarise,
 )
 from bgl.bench.report import _fidelity
-from bgl.solvers import SOLVER_NAMES, get_solver
+from bgl.solvers import BILEVEL_SOLVER_NAMES, get_solver
 
 SEEDS = (0, 1)
 BIG_K = 150
@@ -52,7 +52,7 @@ def test_fidelity_bench_rows_plot_and_limits(bench):
     table = pq.read_table(path).to_pylist()
     # per seed: 3 k x 5 variants (naive, tbgl, ibgl, aid-cg, aid-neumann), 2 δ, 2 methods x 3
     assert len(table) == len(rows) == len(SEEDS) * (3 * 5 + 2 + 2 * 3)
-    assert {r["solver"] for r in table} == set(SOLVER_NAMES)  # every registered solver
+    assert {r["solver"] for r in table} == set(BILEVEL_SOLVER_NAMES)  # every bilevel solver
     assert {r["variant"] for r in table if r["solver"] == "aid"} == {"aid-cg", "aid-neumann"}
     for r in table:
         assert -1.0 <= r["cosine"] <= 1.0 + 1e-12 and r["rel_error"] >= 0
@@ -145,7 +145,10 @@ def test_summaries_are_median_and_worst_over_seeds(bench):
 def test_markdown_section_and_readme_rewrite(bench, tmp_path):
     _, rows = bench
     text = render_markdown(rows)
-    labels = [get_solver(n).label for n in SOLVER_NAMES if n != "aid"] + ["AID-CG", "AID-Neumann"]
+    labels = [get_solver(n).label for n in BILEVEL_SOLVER_NAMES if n != "aid"] + [
+        "AID-CG",
+        "AID-Neumann",
+    ]
     assert text.startswith(README_HEADING) and all(f" {label} |" in text for label in labels)
     assert f"| {BIG_K} | " in text and "median / worst" in text
     assert "Target for AID: relative error ≤ 0.01 at every k ≥ 10. AID-CG meets it" in text

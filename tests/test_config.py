@@ -19,7 +19,7 @@ def test_defaults_are_the_papers():
         ({"solver": {"kk": 2}}, "unknown key solver.kk"),
         ({"solver": {"k": "three"}}, "solver.k: expected an integer"),
         ({"solver": {"name": "tbgl", "k": 3}}, "solver.k: must be 1 unless"),
-        ({"solver": {"name": "adam"}}, "solver.name: must be one of naive, tbgl, ibgl"),
+        ({"solver": {"name": "adam"}}, "solver.name: must be one of naive, tbgl, ibgl, aid, joint"),
         ({"optim": {"upper_lr": "fast"}}, "optim.upper_lr: expected a number"),
         ({"data": {"ratio_range": [1]}}, "data.ratio_range: expected a list of 2"),
         ({"data": {"crop": 48}}, "data.crop: must be a positive multiple of 32"),

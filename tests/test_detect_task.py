@@ -195,7 +195,11 @@ def test_paper_detect_study_loads():
     assert cfg.task.name == "detect" and cfg.data.name == "darkface"
     assert (cfg.optim.optimizer, cfg.optim.upper_lr, cfg.optim.lower_lr) == ("sgd", 3e-3, 5e-4)
     assert (cfg.optim.weight_decay, cfg.optim.momentum) == (5e-4, 0.9)
-    assert (cfg.data.crop, cfg.data.batch_size, cfg.solver.k) == (640, 8, 30)
+    assert (cfg.data.crop, cfg.data.batch_size) == (640, 8)
+    (k,) = [p for p in study.params if p.path == "solver.k"]  # the paper's k, IBGL trials only
+    assert (k.value, k.solvers) == (30, ["ibgl"])
+    assert study.trial_config({"solver.name": "ibgl", "solver.k": 30}).solver.k == 30
+    assert study.trial_config({"solver.name": "naive"}).solver.k == 1
     assert study.objectives[0].metric == "ap" and study.solvers == ["naive", "tbgl", "ibgl"]
     assert study.trial_config({"solver.name": "tbgl"}).solver.k == 1
     build_task(cfg.task.name, **{**cfg.task.options, "pretrained": None})  # options are valid

@@ -124,7 +124,7 @@ def test_a_study_without_health_columns_gets_a_note(results: Path, tmp_path: Pat
     assert not (tmp_path / "delta-health.png").exists()
     assert any(n.startswith("skipped lower-level health plot") for n in report.notes)
     # k is read by every solver that takes k steps: the note names them from the registry
-    assert any("no completed IBGL/AID trial with param.solver.k" in n for n in report.notes)
+    assert any("no completed Naive/IBGL/AID trial with param.solver.k" in n for n in report.notes)
 
 
 def test_sweeps_cover_every_solver_reading_the_key(

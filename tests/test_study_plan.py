@@ -108,10 +108,7 @@ def test_search_initial_points_then_tpe(shipped):
     assert drawn["solver"] is None and "solver.name" in drawn["sampled"]
     assert drawn["settings"]["solver.k"] == {"naive": 1, "tbgl": 1, "ibgl": "1..4"}
     ranges = {s["path"]: s for s in plan["space"]}
-    assert ranges["solver.k"]["range"] == "1..4" and ranges["solver.k"]["solvers"] == [
-        "ibgl",
-        "aid",
-    ]
+    assert ranges["solver.k"]["range"] == "1..4" and ranges["solver.k"]["solvers"] == ["ibgl"]
     assert ranges["solver.delta"]["range"] == "0.001..0.1 log"
     assert ranges["solver.name"]["range"] == "[naive, tbgl, ibgl]"
 
@@ -140,9 +137,9 @@ def test_transfer_sources_then_targets(shipped):
     assert plan["resources"]["gpus_per_worker"] == 1.0
     sources, targets = trials[:4], trials[4:]
     assert [(t["model"], t["source_task"], t["strategy"]) for t in sources] == [
-        ("M_a", "detect", "naive"),
+        ("M_a", "detect", "joint"),  # the paper's naive: end-to-end learning
         ("M_b", "detect", "ibgl"),
-        ("M_c", "enhance", "naive"),
+        ("M_c", "enhance", "joint"),
         ("M_d", "enhance", "ibgl"),
     ]
     assert {t["stage"] for t in sources} == {1} and {t["stage"] for t in targets} == {2}
@@ -207,12 +204,13 @@ def test_initial_points_are_checked_and_unused_keys_shown():
         )
     study = _study(
         num_samples=2,
-        initial=[{"solver.name": "naive", "solver.k": 4, "train.steps": 9}],
+        initial=[{"solver.name": "naive", "solver.k": 4, "solver.delta": 0.5, "train.steps": 9}],
         params={"solver.k": {"type": "int", "low": 1, "high": 5}},
     )
     first, second = plan_trials(study)["trials"]
-    assert first["ignored"] == ["solver.k", "train.steps"]  # naive is never asked for k
-    assert first["settings"]["solver.k"] == 1 and first["settings"]["train.steps"] == 3
+    assert first["ignored"] == ["solver.delta", "train.steps"]  # naive is never asked for delta
+    assert first["settings"]["solver.k"] == 4  # naive takes k lower steps where a study says so
+    assert first["settings"]["train.steps"] == 3
     assert second["kind"] == "sampled" and "ignored" not in second
 
 

@@ -51,7 +51,7 @@ def test_study_records_completed_and_diverged_trials(tmp_path, monkeypatch):
         num_samples=2,
         params={
             "optim.upper_lr": {"choices": [0.003, 1.0e12]},
-            "solver.k": {"type": "int", "low": 1, "high": 2},
+            "solver.k": {"type": "int", "low": 1, "high": 2, "solvers": ["ibgl"]},
         },
         initial=[
             {"solver.name": "naive", "optim.upper_lr": 0.003},

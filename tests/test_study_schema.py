@@ -30,7 +30,10 @@ def _study(**search):
 def test_shipped_studies_load(name):
     study = load_study(STUDIES / f"{name}.yaml", ["base.data.root=/data/somewhere"])
     for solver in study.solvers:
-        study.trial_config({"solver.name": solver})
+        cfg = study.trial_config({"solver.name": solver})
+        if solver == "naive":  # one lower step unless a study asks for more (`solvers:` on k)
+            assert cfg.solver.k == 1
+            assert all(p.applies_to("naive") is False for p in study.params if p.path == "solver.k")
 
 
 def test_search_study_loads():
@@ -53,7 +56,7 @@ def test_search_study_loads():
         ),
         (
             _study(params={"solver.k": {"type": "int", "low": 1, "high": 3, "solvers": ["tbgl"]}}),
-            "search.params.solver.k.solvers: solver.k applies to ibgl, aid only",
+            "search.params.solver.k.solvers: solver.k applies to naive, ibgl, aid only",
         ),
         (_study(num_samples="many"), "search.num_samples: expected a number"),
         (_study(solvers=["adam"]), "search.solvers: must be one of naive, tbgl, ibgl"),
@@ -91,7 +94,7 @@ def test_conditional_space_samples_k_only_for_ibgl_and_delta_only_for_tbgl():
     study = parse_study(
         _study(
             params={
-                "solver.k": {"type": "int", "low": 1, "high": 5},
+                "solver.k": {"type": "int", "low": 1, "high": 5, "solvers": ["ibgl"]},
                 "solver.delta": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
                 "optim.upper_lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
                 "data.batch_size": 2,
@@ -114,6 +117,10 @@ def test_conditional_space_samples_k_only_for_ibgl_and_delta_only_for_tbgl():
     assert "solver.k" in seen["ibgl"] and "solver.delta" not in seen["ibgl"]
     assert "solver.delta" in seen["tbgl"] and "solver.k" not in seen["tbgl"]
     assert not {"solver.k", "solver.delta"} & seen["naive"]
+    assert study.trial_config({"solver.name": "naive"}).solver.k == 1
+    # without `solvers:`, k applies to every solver that reads it: naive included
+    every = parse_study(_study(params={"solver.k": {"type": "int", "low": 1, "high": 5}}))
+    assert every.params[0].solvers == ["naive", "ibgl", "aid"]
     # grid points carry every parameter: the inapplicable ones are dropped per trial
     assert drop_inapplicable(study, {"solver.name": "naive", "solver.k": 3}) == {
         "solver.name": "naive"
@@ -148,7 +155,7 @@ def test_aid_keys_are_conditional_searchable_and_validated():
     specs = {p.path: p for p in study.params}
     assert specs["solver.iterations"].type == "int" and specs["solver.iterations"].high == 20
     assert specs["solver.method"].choices == ["cg", "neumann"]
-    assert specs["solver.k"].solvers == ["ibgl", "aid"]
+    assert specs["solver.k"].solvers == ["naive", "ibgl", "aid"]  # the solvers that read k
     assert specs["solver.damping"].solvers == ["aid"]
     space = define_by_run(study)
     seen: dict[str, set] = {}
@@ -196,4 +203,6 @@ def test_solvers_command_lists_the_registry(capsys):
     aid = next(s for s in listing if s["name"] == "aid")
     assert aid["takes_k"] and aid["keys"]["iterations"]["default"] == 10
     assert aid["keys"]["method"]["search"]["choices"] == ["cg", "neumann"]
-    assert next(s for s in listing if s["name"] == "naive")["keys"] == {}
+    naive, joint = (next(s for s in listing if s["name"] == n) for n in ("naive", "joint"))
+    assert list(naive["keys"]) == ["k"] and naive["takes_k"] and not naive["joint"]
+    assert joint["keys"] == {} and joint["joint"] and not joint["takes_k"]

@@ -55,7 +55,17 @@ def test_loop_applies_the_direct_hypergradient(tiny_config, solver, task):
 
     settings = dataclasses.asdict(manual.cfg.solver)
     settings.pop("name")
-    if spec.unrolled:  # DARTS' order: hypergradient at the current θ, then the lower step
+    if spec.joint:  # end-to-end: ω and θ from one backward of the warm-start objective
+        train = next(manual.train_stream)
+        h = hypergradient(solver, manual.problem, train, None)
+        params = [*manual.upper.parameters(), *manual.lower.parameters()]
+        both = torch.autograd.grad(manual.task.warm_loss(manual.upper, manual.lower, train), params)
+        n = len(h)
+        for a, b in zip(h, both[:n], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+        _sgd(manual.upper, both[:n], lr)
+        _sgd(manual.lower, both[n:], lower_lr)
+    elif spec.unrolled:  # DARTS' order: hypergradient at the current θ, then the lower step
         train, val = next(manual.train_stream), next(manual.val_stream)
         h = hypergradient(solver, manual.problem, train, val, lower_lr=lower_lr, **settings)
         _sgd(manual.upper, h, lr)
@@ -76,7 +86,10 @@ def test_loop_applies_the_direct_hypergradient(tiny_config, solver, task):
     assert any(float(g.abs().sum()) > 0 for g in h)
     h_norm = float(torch.stack([g.norm() for g in h]).norm())
     assert info["hypergrad_norm"] == pytest.approx(h_norm, rel=1e-4)
-    assert set(COUPLING_KEYS) <= set(info)  # every solver: h = ∇ωL_F + coupling
+    if spec.joint:  # no upper objective, no lower problem: nothing to split or diagnose
+        assert not (set(COUPLING_KEYS) | set(HEALTH_KEYS)) & set(info)
+        return
+    assert set(COUPLING_KEYS) <= set(info)  # every bilevel solver: h = ∇ωL_F + coupling
     assert (set(HEALTH_KEYS) <= set(info)) == (solver != "naive")  # naive forms no ∇θ
     assert info["coupling_ratio"] >= 0 and (solver != "naive" or info["coupling_ratio"] == 0)
 
@@ -126,19 +139,25 @@ def test_health_monitor_warns_once_per_run():
 
 
 @pytest.mark.parametrize(
-    "solver,k,f_per_upper_step,g_per_upper_step",
+    "solver,k,forwards,backwards",
     [
-        ("naive", 1, 2, 2),  # lower step; L_F pass
-        ("tbgl", 1, 4, 5),  # unrolled step, L_F, one shared F for ± (G twice), lower step
-        ("ibgl", 3, 4, 5),  # 3 lower steps (last F kept), L_G, L_F
-        ("aid", 3, 4, 5),  # the same passes; curvature products reuse the L_G graph
+        # forwards (F, G) per upper step: lower step; L_F pass
+        # backwards: F by L_F; G by the lower step and by L_F
+        ("naive", 1, (2, 2), (1, 2)),
+        # unrolled step, L_F, one shared F for ± (G twice), lower step; backwards: F by L_F and by
+        # the ± difference, G by the unrolled step, L_F, the two perturbed passes, the lower step
+        ("tbgl", 1, (4, 5), (2, 5)),
+        # 3 lower steps (last F kept), L_G, L_F; backwards: F by L_F and by ∇ωL_G at the kept F,
+        # G by the 3 lower steps, ∇θL_G and L_F
+        ("ibgl", 3, (4, 5), (2, 5)),
+        # the same passes, and one (double) backward through G per curvature product and for
+        # the mixed term (counted below from the products the history records)
+        ("aid", 3, (4, 5), (2, 5)),
     ],
 )
-def test_budget_counts_steps_and_forward_passes(
-    tiny_config, tmp_path, solver, k, f_per_upper_step, g_per_upper_step
-):
+def test_budget_counts_steps_and_passes(tiny_config, tmp_path, solver, k, forwards, backwards):
     """Budgets in the summary (and so in every trial row): the steps per level and the passes
-    the forward hooks saw while training; evaluation passes are not counted."""
+    the hooks saw while training; evaluation passes are not counted."""
     cfg = tiny_config(solver={"name": solver, "k": k}, train={"warm_steps": 2, "steps": 3})
     trainer = Trainer(cfg)
     trainer.fit(run_dir=tmp_path / "run", until=3)
@@ -151,6 +170,19 @@ def test_budget_counts_steps_and_forward_passes(
     steps = 3
     assert budget["warm_steps"] == 2 and budget["upper_steps"] == steps
     assert budget["lower_steps"] == steps * k
-    assert budget["f_forwards"] == 2 + steps * f_per_upper_step  # a warm step: one F pass
-    # a warm step runs G twice: on the detached x for L_G, and for y in L1(y, rgb)
-    assert budget["g_forwards"] == 2 * 2 + steps * g_per_upper_step
+    # a warm step: one F pass each way; G twice each way (on the detached x for L_G, and for y
+    # in L1(y, rgb))
+    assert budget["f_forwards"] == 2 + steps * forwards[0]
+    assert budget["g_forwards"] == 2 * 2 + steps * forwards[1]
+    assert budget["f_backwards"] == 2 + steps * backwards[0]
+    products = sum(
+        r.get("aid_products", 0) + 1
+        for r in resumed.history
+        if r["kind"] == "train" and r["phase"] == "bilevel" and solver == "aid"
+    )
+    assert budget["g_backwards"] == 2 * 2 + steps * backwards[1] + products
+    evals = [r for r in resumed.history if r["kind"] == "eval"]
+    assert evals[0]["passes"] == 0 and evals[-1]["passes"] == sum(
+        budget[f"{m}_{d}"] for m in "fg" for d in ("forwards", "backwards")
+    )
+    assert [r["passes"] for r in evals] == sorted(r["passes"] for r in evals)

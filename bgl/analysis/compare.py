@@ -113,6 +113,7 @@ def compare_groups(
     by: str = "solver",
     baseline: Any = None,
     bootstrap: int = 0,
+    check_budgets: bool = True,
 ) -> dict[str, Any]:
     """Per group of `rows` (by the value of column `by`): the metric over its completed trials;
     per other group: the paired difference to `baseline` (default: `naive` when grouping by
@@ -125,6 +126,7 @@ def compare_groups(
     group, baseline, n_pairs, mean_diff, std_diff, ci_low, ci_high, p_value, excludes_zero,
     unmatched {group: [seeds], baseline: [seeds]}, n_unmatched), notes (text) and comparable
     (False when seeds were unmatched, budgets differ, a group has n < 2 or trials failed).
+    `check_budgets=False` where the values were read at equal compute (`bgl.analysis.budget`).
     """
     if bootstrap < 0:
         raise ResultsError(f"--bootstrap {bootstrap}: the number of resamples must be >= 0")
@@ -210,7 +212,7 @@ def compare_groups(
     if len(groups) == 1:
         notes.append(f"one group only ({base['label']}): nothing to compare it with")
 
-    budget = _budget_notes(groups, by)
+    budget = _budget_notes(groups, by) if check_budgets else []
     if budget:
         issues.add("budget")
         notes.extend(budget)

@@ -50,7 +50,13 @@ from rich.table import Table
 from torch import nn
 from torch.nn import functional as F
 
-from bgl.solvers import SOLVER_NAMES, BilevelProblem, get_solver, hypergradient, solvers_using
+from bgl.solvers import (
+    BILEVEL_SOLVER_NAMES,
+    BilevelProblem,
+    get_solver,
+    hypergradient,
+    solvers_using,
+)
 from bgl.solvers.aid import METHODS
 from bgl.solvers.problem import dot, grad_disabled, grads, set_params
 
@@ -206,10 +212,11 @@ class Variant:
 
 
 def solver_variants(cfg: FidelityConfig, neumann_step: float) -> list[Variant]:
-    """Every registry solver, one variant per `method` where it has that key (AID: cg, neumann);
+    """Every bilevel solver of the registry (not `joint`: end-to-end learning approximates no
+    hypergradient), one variant per `method` where it has that key (AID: cg, neumann);
     each with the bench's settings for the keys it reads (δ, iterations, the Neumann step)."""
     variants = []
-    for name in SOLVER_NAMES:
+    for name in BILEVEL_SOLVER_NAMES:
         options = get_solver(name).options
         given = {"delta": cfg.delta, "iterations": cfg.aid_iterations}
         settings = {key: value for key, value in given.items() if key in options}

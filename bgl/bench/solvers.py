@@ -34,7 +34,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bgl.solvers.registry import SOLVER_NAMES, get_solver
+from bgl.solvers.registry import BILEVEL_SOLVER_NAMES, SOLVER_NAMES, get_solver
 
 BASELINE = "naive"  # the ratios' denominator; always measured
 SWEPT_KEY = "iterations"  # a solver reading `solver.iterations` gets one row per value
@@ -64,7 +64,7 @@ class SolverBenchConfig:
 def variants(cfg: SolverBenchConfig) -> list[tuple[str, dict[str, Any]]]:
     """(solver, its swept settings) for each row: the baseline, then registry order; one
     entry per solver, one per value of `cfg.iterations` for a solver that reads that key."""
-    wanted = {get_solver(n).name for n in cfg.solvers} or set(SOLVER_NAMES)
+    wanted = {get_solver(n).name for n in cfg.solvers} or set(BILEVEL_SOLVER_NAMES)
     names = [BASELINE] + [n for n in SOLVER_NAMES if n in wanted - {BASELINE}]
     out: list[tuple[str, dict[str, Any]]] = []
     for name in names:
@@ -319,7 +319,8 @@ def bench_run_config(
     shared = {"delta": cfg.delta, "method": cfg.method, "curvature": cfg.curvature}
     section = {
         "name": solver,
-        "k": cfg.k if spec.takes_k else 1,
+        # the baseline (naive) at one lower step: the ratios' reference is the cheapest solver
+        "k": cfg.k if spec.takes_k and solver != BASELINE else 1,
         **{key: value for key, value in shared.items() if key in spec.keys},
         **(settings or {}),
     }

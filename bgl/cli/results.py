@@ -161,6 +161,13 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
         help="percentile bootstrap intervals from N resamples (fixed seed) instead of Student t",
     )
     p.add_argument(
+        "--per",
+        choices=("trial", "budget", "wall"),
+        default="trial",
+        help="trial: each trial's final metric; budget / wall: each trial's metric at the same "
+        "number of F and G passes / seconds of training (the smallest final among the trials)",
+    )
+    p.add_argument(
         "--plot", action="store_true", help="also a PNG of the seeds, means and intervals"
     )
     p.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
@@ -700,12 +707,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
     metric = args.metric or primary_metric(rows)
     if metric is None:
         raise ResultsError("no metric found in the trials: name one with --metric")
+    per_notes: list[str] = []
+    if args.per != "trial":
+        from bgl.analysis.budget import AXES, at_equal_budget
+        from bgl.analysis.query import load_history
+
+        history = load_history(args.results_dir, args.study)
+        rows, per_notes = at_equal_budget(rows, history, metric, AXES[args.per])
     result = {
         "study": args.study,
+        "per": args.per,
         **compare_groups(
-            rows, metric, by=args.by, baseline=args.baseline, bootstrap=args.bootstrap
+            rows,
+            metric,
+            by=args.by,
+            baseline=args.baseline,
+            bootstrap=args.bootstrap,
+            check_budgets=args.per == "trial",
         ),
     }
+    result["notes"] = per_notes + result["notes"]
     if args.plot:
         out = study_path(args.results_dir, args.study) / "plots" / plot_name(metric, args.by)
         result["plot"] = str(plot_comparison(result, out))
@@ -792,6 +813,13 @@ def _ci(low: Any, high: Any, spec: str) -> str:
     return "-" if low is None else f"[{_fmt(low, spec)}, {_fmt(high, spec)}]"
 
 
+def _per_words(result: Mapping[str, Any]) -> str:
+    """How the values were read: final (nothing said), or at equal compute."""
+    return {"budget": " at equal F+G passes", "wall": " at equal training time"}.get(
+        result.get("per", "trial"), ""
+    )
+
+
 def _compare_tables(result: Mapping[str, Any], width: int | None = None) -> list[str | Table]:
     """Headings and tables: the groups, then their paired differences to the baseline.
     Narrow (`width`): short headers; `left out` and `unmatched` only where not all empty."""
@@ -799,8 +827,9 @@ def _compare_tables(result: Mapping[str, Any], width: int | None = None) -> list
     narrow = width is not None
     by_header = short_names([by])[by] if narrow else by
     parts: list[str | Table] = [
-        f"{escape(str(result.get('study')))}: {escape(metric)} by {escape(by)} "
-        f"({result['mode']} is better); {_interval_words(result)} of the mean over seeds"
+        f"{escape(str(result.get('study')))}: {escape(metric)}{_per_words(result)} by "
+        f"{escape(by)} ({result['mode']} is better); {_interval_words(result)} of the mean over "
+        "seeds"
     ]
     cols = [Column(escape(by_header), justify="left")]
     cols += [Column(n) for n in ("n", "mean", "std", "95% CI")]
@@ -860,7 +889,8 @@ def _compare_markdown(result: Mapping[str, Any]) -> str:
     spec = _spec(result["metric"])
     base = _baseline_label(result)
     lines = [
-        f"**{result['metric']} by {result['by']}** ({result['mode']} is better; "
+        f"**{result['metric']}{_per_words(result)} by {result['by']}** ({result['mode']} is "
+        "better; "
         f"{_interval_words(result)} of the mean over seeds; Δ = group − {base}, paired by seed, "
         f"{_favours(result)})",
         "",

@@ -34,6 +34,7 @@ def solver_listing() -> list[dict[str, Any]]:
             "label": s.label,
             "summary": s.summary,
             "takes_k": s.takes_k,
+            "joint": s.joint,
             "keys": {
                 key: {
                     "default": defaults[key],

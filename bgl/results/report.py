@@ -16,7 +16,15 @@ TRIAL_END_KEY = "bgl_trial_end"
 #: marks a finished trial's result reported again on a resume (nothing was trained)
 REPLAYED_KEY = "bgl_replayed"
 #: a run's spending (summary key `budget`, row columns `budget_<key>`; see `bgl.train.budget`)
-BUDGET_KEYS = ("warm_steps", "lower_steps", "upper_steps", "f_forwards", "g_forwards")
+BUDGET_KEYS = (
+    "warm_steps",
+    "lower_steps",
+    "upper_steps",
+    "f_forwards",
+    "g_forwards",
+    "f_backwards",
+    "g_backwards",
+)
 BUDGET_COLUMNS = tuple(f"budget_{key}" for key in BUDGET_KEYS)
 
 

@@ -19,6 +19,7 @@ from bgl.solvers.ibgl import ibgl_hypergradient
 from bgl.solvers.naive import naive_hypergradient
 from bgl.solvers.problem import BilevelProblem, Grads, LossFn, Reduce, identity_reduce
 from bgl.solvers.registry import (
+    BILEVEL_SOLVER_NAMES,
     KEYS,
     SOLVER_NAMES,
     SOLVERS,
@@ -32,6 +33,7 @@ from bgl.solvers.registry import (
 from bgl.solvers.tbgl import tbgl_hypergradient
 
 __all__ = [
+    "BILEVEL_SOLVER_NAMES",
     "COUPLING_KEYS",
     "HEALTH_KEYS",
     "KEYS",

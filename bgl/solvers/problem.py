@@ -35,6 +35,9 @@ class BilevelProblem:
     `lower_prediction` and `lower_criterion` (optional, together) split L_G into G's outputs and
     the criterion on them, `lower_loss(F, G, b) == lower_criterion(lower_prediction(F, G, b), b)`:
     what Gauss-Newton curvature (Jᵀ ∇²ℓ J) needs.
+
+    `joint_loss` (optional) is end-to-end learning's one objective over ω and θ (every bgl task's
+    warm-start loss); the `joint` method follows it instead of the bilevel pair. Unset: L_G.
     """
 
     upper: nn.Module
@@ -44,6 +47,12 @@ class BilevelProblem:
     upper_input: Callable[[Any], torch.Tensor] | None = None
     lower_prediction: Callable[[nn.Module, nn.Module, Any], tuple[torch.Tensor, ...]] | None = None
     lower_criterion: Callable[[tuple[torch.Tensor, ...], Any], torch.Tensor] | None = None
+    joint_loss: LossFn | None = None
+
+    @property
+    def end_to_end_loss(self) -> LossFn:
+        """The objective of joint learning: `joint_loss`, else L_G."""
+        return self.joint_loss or self.lower_loss
 
     def upper_params(self) -> list[nn.Parameter]:
         return list(self.upper.parameters())

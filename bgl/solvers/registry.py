@@ -16,6 +16,7 @@ import torch
 
 from bgl.solvers.aid import CURVATURES, METHODS, aid_hypergradient
 from bgl.solvers.ibgl import ibgl_hypergradient
+from bgl.solvers.joint import joint_gradient
 from bgl.solvers.naive import naive_hypergradient
 from bgl.solvers.problem import BilevelProblem, Grads, Reduce
 from bgl.solvers.tbgl import tbgl_hypergradient
@@ -106,7 +107,8 @@ class Solver:
     on the last training batch with its graph, `diagnostics`: a dict to fill).
     `takes_k`: k lower steps, then the hypergradient at the resulting θ; otherwise one lower
     step, after (`unrolled`: the hypergradient comes from an unrolled step at the current θ,
-    DARTS' order) or before the hypergradient.
+    DARTS' order) or before the hypergradient. `joint`: no lower step of its own; ω and θ step
+    together from one backward pass of the task loss (end-to-end learning).
     """
 
     name: str
@@ -117,6 +119,7 @@ class Solver:
     context: tuple[str, ...] = ()
     takes_k: bool = False
     unrolled: bool = False
+    joint: bool = False
     colour: str = "tab:gray"  # in plots
 
     @property
@@ -161,8 +164,10 @@ SOLVERS: dict[str, Solver] = {
             "naive",
             "Naive",
             naive_hypergradient,
-            "first order: ω follows ∇ωL_F, ignoring θ's dependence on ω",
+            "first order, alternating: k lower steps, then ω follows ∇ωL_F (θ's dependence on ω "
+            "ignored)",
             context=("diagnostics",),
+            takes_k=True,
             colour="tab:gray",
         ),
         Solver(
@@ -195,10 +200,22 @@ SOLVERS: dict[str, Solver] = {
             takes_k=True,
             colour="tab:green",
         ),
+        Solver(
+            "joint",
+            "Joint",
+            joint_gradient,
+            "end-to-end (the paper's Table 3 naive): one task loss, ω and θ step together",
+            context=("diagnostics",),
+            joint=True,
+            colour="tab:purple",
+        ),
     )
 }
 
 SOLVER_NAMES = tuple(SOLVERS)
+#: the solvers that approximate a hypergradient (all but end-to-end learning): what the
+#: fidelity and cost benchmarks measure by default
+BILEVEL_SOLVER_NAMES = tuple(s.name for s in SOLVERS.values() if not s.joint)
 
 
 def get_solver(name: str) -> Solver:

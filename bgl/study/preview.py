@@ -207,7 +207,12 @@ def _sampled_settings(
     specs = {p.path: p for p in study.params}
     per_solver = {}
     for solver in solvers:
-        settings = _settings(study.trial_config({**fixed, "solver.name": solver}))
+        constants = {  # a constant that applies to this solver only (`solvers:`) is set for it
+            p.path: p.value
+            for p in study.params
+            if p.type == "constant" and p.applies_to(solver) and p.path not in fixed
+        }
+        settings = _settings(study.trial_config({**constants, **fixed, "solver.name": solver}))
         for path in SETTINGS:
             p = specs.get(path)
             drawn = p is not None and p.type != "constant" and p.applies_to(solver)

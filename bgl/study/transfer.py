@@ -1,9 +1,10 @@
 """Transfer studies (the paper's Table 3): train F on a basic task, freeze it, train other tasks.
 
 Stage 1 (`source`): one trial per basic task x strategy, each an ordinary bilevel training
-(naive, TBGL or IBGL) whose final checkpoint is exported to `<study>/generators/<model>.pt`.
+(any registered solver) whose final checkpoint is exported to `<study>/generators/<model>.pt`.
 Models are named in that order, M_a, M_b, ... (basic tasks outer, strategies inner), so the
-paper's design -- enhancement or detection x naive or IBGL -- gives M_a..M_d.
+paper's design -- detection or enhancement x end-to-end ("naive" in the paper: bgl's `joint`)
+or IBGL -- gives M_a..M_d.
 Stage 2 (`target`): one trial per model x target task, F loaded from stage 1 and frozen
 (`model.freeze_generator`), a fresh task network trained on the target's own data.
 
@@ -13,8 +14,8 @@ type: transfer
 base: {...}                         # shared run config: seed, model, solver k/delta, optim, train,
                                     # data sizes; not task, solver.name, data.name/root
 transfer:
-  source_tasks: [enhance, detect]   # basic tasks
-  source_solvers: [naive, ibgl]     # strategies (any of naive, tbgl, ibgl)
+  source_tasks: [detect, enhance]   # basic tasks
+  source_solvers: [joint, ibgl]     # strategies (any registered solver)
   target_tasks: [enhance, detect, segment]
   tasks:                            # per task, run-config keys over base (data.name defaults:
     enhance: {task: {options: {width: 16}}, data: {name: sid, root: /data/SID}}   # synthetic,

@@ -3,7 +3,9 @@
 Phase 1, warm start: ω and θ optimised jointly on the task's warm-start objective.
 Phase 2, bilevel: per upper step, k lower steps on θ (L_G, ω frozen), then the solver's
 hypergradient for ω (L_F on a validation batch) and one upper optimiser step. TBGL follows
-DARTS' order (hypergradient from an unrolled step at the current θ, then the lower step).
+DARTS' order (hypergradient from an unrolled step at the current θ, then the lower step). The
+`joint` method is end-to-end learning instead: its bilevel phase continues the warm start's joint
+step (one loss, one backward, one step of each optimiser) at the bilevel learning rates.
 
 One `Trainer` per worker: data streams are sharded by rank and every gradient (warm, lower,
 hypergradient) goes through the same `reduce`, so N workers follow the 1-worker trajectory of the
@@ -95,6 +97,7 @@ class Trainer:
             upper_input=self.task.upper_input,
             lower_prediction=self.task.lower_prediction,
             lower_criterion=self.task.lower_criterion,
+            joint_loss=self.task.warm_loss,
         )
         self.solver = get_solver(cfg.solver.name)
         self.solver_settings = dataclasses.asdict(cfg.solver)  # fixed for the run
@@ -146,17 +149,33 @@ class Trainer:
 
     # -- steps ----------------------------------------------------------------------------
     def warm_step(self) -> dict[str, float]:
+        self.budget.add("warm_steps")
+        loss, _ = self._joint_update("warm-start loss")
+        return {"warm_loss": loss}
+
+    def joint_step(self) -> dict[str, float]:
+        """The `joint` method's bilevel-phase step: end-to-end learning continues the warm start's
+        objective at the bilevel phase's learning rates, one step of each optimiser."""
+        self.budget.add("lower_steps")
+        self.budget.add("upper_steps")
+        loss, h_norm = self._joint_update("joint loss")
+        return {"joint_loss": loss, "hypergrad_norm": h_norm}
+
+    def _joint_update(self, what: str) -> tuple[float, float]:
+        """One backward of the end-to-end loss for ω (unless frozen) and θ, one optimiser step
+        each; (loss, ‖∇ω‖)."""
         batch = next(self.train_stream)
         upper = [] if self.frozen else list(self.upper.parameters())
         params = [*upper, *self.lower.parameters()]
-        self.budget.add("warm_steps")
-        loss = self.task.warm_loss(self.upper, self.lower, batch)
-        self._check_finite(loss, "warm-start loss")
-        _apply(params, self.reduce(grads(loss, params)))
+        loss = self.problem.end_to_end_loss(self.upper, self.lower, batch)
+        self._check_finite(loss, what)
+        gradients = self.reduce(grads(loss, params))
+        h_norm = torch.stack([g.norm() for g in gradients[: len(upper)]] or [loss.new_zeros(())])
+        _apply(params, gradients)
         if not self.frozen:
             _step(self.upper_opt)
         _step(self.lower_opt)
-        return {"warm_loss": loss.item()}
+        return loss.item(), float(h_norm.norm())
 
     def lower_step(
         self, batch: dict[str, torch.Tensor], *, keep_upper_out: bool = False
@@ -222,6 +241,8 @@ class Trainer:
         if self.frozen:  # F fixed: the lower problem alone, one step at a time
             return {"lower_loss": self.lower_step(next(self.train_stream))[0]}
         solver = self.solver
+        if solver.joint:
+            return self.joint_step()
         if solver.unrolled:  # DARTS' order: hypergradient at the current θ, then the step
             train_batch, val_batch = next(self.train_stream), next(self.val_stream)
             info = self.upper_step(train_batch, val_batch, lower_lr)
@@ -259,6 +280,7 @@ class Trainer:
             "kind": "eval",
             "phase": self.phase,
             "elapsed_s": self.elapsed_s,
+            "passes": self.budget.passes,  # F and G passes so far: `compare --per budget`
             **metrics,
         }
         self.history.append(row)
