@@ -13,6 +13,7 @@ import yaml
 from bgl.bench.faults import kill_holder
 from bgl.cli import main
 from bgl.study.faults import FAULT_DIR_ENV, FAULT_HOLD_ENV
+from bgl.study.worker import STARTUP_COLUMNS
 from tests.conftest import TINY_STUDY_BASE as BASE
 
 pytestmark = pytest.mark.slow
@@ -86,6 +87,13 @@ def test_study_records_completed_and_diverged_trials(tmp_path, monkeypatch):
     assert rows["ibgl"]["param.solver.k"] == 2
     assert rows["ibgl"]["status"] == "diverged" and "nan" in rows["ibgl"]["error"]
     assert rows["naive"]["workers"] == 2 and rows["naive"]["git_commit"]  # gloo, 2 ranks
+    # where a trial's start-up went, on one clock: trial start -> workers -> built -> reported
+    # (IBGL's trial ran once; the restarted naive trial's clock counts from its first start)
+    ibgl = rows["ibgl"]
+    phases = [ibgl[c] for c in (*STARTUP_COLUMNS, "teardown_s")]
+    assert all(p >= 0 for p in phases) and ibgl["startup_build_s"] > 0
+    assert sum(phases) + ibgl["wall_time_s"] <= ibgl["trial_wall_s"] + 1.0
+    assert all(rows["naive"][c] > 0 for c in STARTUP_COLUMNS)
     history = [h for part in _rows(folder, "history") for h in part]
     assert {h["kind"] for h in history} == {"train", "eval"}
     assert (folder / "optuna.journal").exists()

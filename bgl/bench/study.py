@@ -1,8 +1,11 @@
-"""`bgl bench study`: what Ray adds to a trial, and 1 vs 2 workers.
+"""`bgl bench study`: what Ray adds to a trial, 1 vs 2 workers, and how far bgl is from Ray's
+own floor.
 
-The same tiny training runs in-process (`Trainer.fit`) and as a one-trial study with 1 and
-with 2 Ray Train workers (gloo on CPU). Overhead = the trial's wall time minus the in-process
-run's. Rows go to Parquet; nothing here is asserted.
+The same tiny training runs in-process (`Trainer.fit`) and as a one-trial study with 1 and with
+2 Ray Train workers (gloo on CPU). Overhead = the trial's wall time minus the in-process run's;
+its breakdown comes from the trial row's start-up columns (`bgl.study.worker.StartupClock`).
+Beside it, a bare TorchTrainer whose loop only reports, launched from a Tune trial as bgl
+launches its own: `vs bare` is what bgl adds over Ray. Rows go to Parquet; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -42,15 +45,26 @@ BASE: dict[str, Any] = {
 }
 
 
+#: the bgl setups measured: (launcher, workers)
+SETUPS: tuple[tuple[str, int], ...] = (("in_trial", 1), ("ray_train", 1), ("ray_train", 2))
+#: a trial row's start-up breakdown, in the order it happens
+PHASES = ("startup_workers_s", "startup_build_s", "startup_first_report_s", "teardown_s")
+
+
 def run_study_bench(
     out_dir: str | Path = "results/bench",
     console: Console | None = None,
-    setups: tuple[tuple[str, int], ...] = (("in_trial", 1), ("ray_train", 1), ("ray_train", 2)),
+    setups: tuple[tuple[str, int], ...] = SETUPS,
     base: dict[str, Any] | None = None,
+    bare: tuple[int, ...] = (1, 2),
 ) -> list[dict[str, Any]]:
+    """In-process training, each setup as a one-trial study, and a bare TorchTrainer (its loop
+    only reports) launched from a Tune trial as bgl launches its own, with `bare` workers; all
+    on one Ray instance. Rows: wall, training, overhead and the start-up breakdown."""
     from bgl.config import from_dict
     from bgl.results.parquet import write_rows
     from bgl.results.provenance import git_commit, library_versions
+    from bgl.study.experiment import ray_session
     from bgl.study.runner import run_study
     from bgl.study.schema import parse_study
     from bgl.train.loop import Trainer
@@ -69,7 +83,13 @@ def run_study_bench(
             "overhead_s": 0.0,
         }
     ]
-    with tempfile.TemporaryDirectory(prefix="bgl-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bgl-bench-") as tmp, ray_session(None):
+        for n in bare:
+            console.log(f"bare TorchTrainer in a Tune trial, {n} worker(s) ...")
+            wall = bare_torch_trainer_trial(n, Path(tmp) / "bare")
+            rows.append(
+                {"mode": "bare TorchTrainer", "workers": n, "wall_s": wall, "overhead_s": wall}
+            )
         for launcher, n in setups:
             study = parse_study(
                 {
@@ -97,10 +117,14 @@ def run_study_bench(
                     "train_s": trial["wall_time_s"],
                     "overhead_s": trial["trial_wall_s"] - in_process,
                     "status": trial["status"],
+                    **{k: trial.get(k) for k in PHASES},
                 }
             )
+    bare_wall = {r["workers"]: r["wall_s"] for r in rows if r["mode"] == "bare TorchTrainer"}
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for row in rows:
+        if row["mode"] == "study/ray_train" and row["workers"] in bare_wall:
+            row["over_bare_s"] = row["overhead_s"] - bare_wall[row["workers"]]
         row.update(
             benchmark="study_overhead",
             timestamp=stamp,
@@ -108,16 +132,80 @@ def run_study_bench(
             ray=library_versions().get("ray"),
         )
     write_rows(rows, Path(out_dir) / f"study-{stamp.replace(':', '')}.parquet")
-    table = Table(title="Ray per-trial overhead (same tiny training)")
-    for col in ("mode", "workers", "trial wall (s)", "training (s)", "overhead (s)"):
+    console.print(_table(rows))
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="Ray per-trial overhead (same tiny training; seconds)")
+    heads = (
+        "mode",
+        "n",
+        "wall",
+        "train",
+        "overhead",
+        "vs bare",
+        "reach",
+        "build",
+        "1st rep",
+        "end",
+    )
+    for col in heads:
         table.add_column(col, justify="right")
     for r in rows:
+        cells = [r.get(k) for k in ("wall_s", "train_s", "overhead_s", "over_bare_s", *PHASES)]
         table.add_row(
-            r["mode"],
-            str(r["workers"]),
-            f"{r['wall_s']:.1f}",
-            f"{r['train_s']:.1f}",
-            f"{r['overhead_s']:.1f}",
+            r["mode"], str(r["workers"]), *("-" if v is None else f"{v:.1f}" for v in cells)
         )
-    console.print(table)
-    return rows
+    table.caption = (
+        "reach: trial start -> the training function (Ray Train: controller, worker group, process "
+        "group, imports); build: data and models; 1st rep: step-0 evaluation and checkpoint; "
+        "end: last report -> fit() returns"
+    )
+    return table
+
+
+def bare_torch_trainer_trial(workers: int, storage: Path) -> float:
+    """Ray's floor: one Tune trial whose TorchTrainer loop only reports, launched with bgl's
+    trial resources, gloo backend and report callback; its trial wall time (s)."""
+    from ray import tune
+
+    from bgl.study.schema import Resources
+
+    tuner = tune.Tuner(
+        tune.with_resources(_bare_trial, {"cpu": Resources().trial_cpus}),
+        param_space={"workers": workers, "storage": str(storage)},
+        tune_config=tune.TuneConfig(num_samples=1),
+        run_config=tune.RunConfig(name=f"bare-{workers}w", storage_path=str(storage), verbose=0),
+    )
+    (result,) = list(tuner.fit())
+    return float(result.metrics["trial_wall_s"])
+
+
+def _bare_trial(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray import tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    start = time.perf_counter()
+    n = config["workers"]
+    TorchTrainer(
+        _report_only,
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=n, resources_per_worker={"CPU": 1.0 / n}
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"bare-train-{n}w",
+            storage_path=config["storage"],
+            callbacks=[TuneReportCallback()],
+        ),
+    ).fit()
+    tune.report({"trial_wall_s": time.perf_counter() - start})
+
+
+def _report_only(config: dict[str, Any]) -> None:
+    import ray.train
+
+    ray.train.report({"reported": 1})  # not `done`: Tune would end the trial on it

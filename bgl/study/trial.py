@@ -14,7 +14,13 @@ from bgl.results.report import FINAL_KEY, TRIAL_END_KEY
 from bgl.study import faults
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
-from bgl.study.worker import EXPORT_KEY, run_and_report, train_loop_per_worker
+from bgl.study.worker import (
+    EXPORT_KEY,
+    TRIAL_START_KEY,
+    StartupClock,
+    run_and_report,
+    train_loop_per_worker,
+)
 
 
 def run_trial(
@@ -27,7 +33,7 @@ def run_trial(
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    start = time.perf_counter()
+    start, started_unix = time.perf_counter(), time.time()
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
     if replay and trial_id in replay:
@@ -35,6 +41,7 @@ def run_trial(
         return
     params = drop_inapplicable(study, dict(config))
     loop_config = _loop_config(study, params, trial_name=f"{study.name}-{trial_id}")
+    loop_config[TRIAL_START_KEY] = started_unix
     r = study.resources
     if r.launcher == "in_trial":
         _train_in_trial(loop_config, params, start)
@@ -64,6 +71,8 @@ def run_trial(
     if not final.get(FINAL_KEY):
         raise RuntimeError(f"trial {trial_id}: the workers ended without a final report")
     final["trial_wall_s"] = time.perf_counter() - start
+    if "final_report_unix" in final:  # workers' last report -> fit() returned here
+        final["teardown_s"] = time.time() - final.pop("final_report_unix")
     final["params_json"] = json.dumps(params, default=str)
     final[TRIAL_END_KEY] = True
     tune.report(final)
@@ -103,6 +112,8 @@ def _train_in_trial(loop_config: dict[str, Any], params: dict[str, Any], start: 
     from bgl.config import from_dict
     from bgl.train.loop import Trainer
 
+    clock = StartupClock(loop_config.get(TRIAL_START_KEY))
     trainer = Trainer(from_dict(loop_config["run"]))
+    clock.built = time.time()
     extra = {"params_json": json.dumps(params, default=str), TRIAL_END_KEY: True}
-    run_and_report(trainer, loop_config, "tune", extra=extra, started=start)
+    run_and_report(trainer, loop_config, "tune", extra=extra, started=start, clock=clock)

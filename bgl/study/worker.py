@@ -29,6 +29,9 @@ from bgl.train.checkpoint import CHECKPOINT_NAME
 from bgl.train.loop import Callbacks, DivergedError, Trainer
 
 EXPORT_KEY = "export_checkpoint"  # loop config: where a completed run saves its checkpoint
+TRIAL_START_KEY = "trial_started_unix"  # loop config: the trial's start, on the wall clock
+#: a trial row's start-up breakdown (seconds; see `StartupClock`)
+STARTUP_COLUMNS = ("startup_workers_s", "startup_build_s", "startup_first_report_s")
 
 
 def _api(name: str) -> Any:
@@ -49,9 +52,32 @@ def report_with_checkpoint(trainer: Trainer, metrics: dict[str, Any], api: str =
         module.report(metrics, checkpoint=module.Checkpoint.from_directory(tmp))
 
 
+class StartupClock:
+    """Where a trial's start-up goes, on the wall clock shared by the trial and its workers:
+    reaching the training function (Ray Train: controller, worker group, process group, the
+    worker's imports), building task, data and models, and the step-0 evaluation with its first
+    checkpoint report. Rank 0's figures go into the final report."""
+
+    def __init__(self, trial_started: float | None, entered: float | None = None) -> None:
+        self.trial_started = trial_started
+        self.entered = entered if entered is not None else time.time()
+        self.built: float | None = None
+        self.first_report: float | None = None
+
+    def columns(self) -> dict[str, float]:
+        marks = (self.trial_started, self.entered, self.built, self.first_report)
+        if any(m is None for m in marks):
+            return {}
+        return {
+            name: float(b - a)
+            for name, a, b in zip(STARTUP_COLUMNS, marks[:-1], marks[1:], strict=True)
+        }
+
+
 class _RayReporter(Callbacks):
-    def __init__(self, api: str) -> None:
+    def __init__(self, api: str, clock: StartupClock | None = None) -> None:
         self.api = api
+        self.clock = clock
 
     def on_eval(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         from bgl.train.device import peak_memory_bytes
@@ -63,6 +89,8 @@ class _RayReporter(Callbacks):
             "peak_memory_mib": peak_memory_bytes(trainer.device) / 2**20,
         }
         report_with_checkpoint(trainer, row, self.api)
+        if self.clock is not None and self.clock.first_report is None:
+            self.clock.first_report = time.time()
         if trainer.rank == 0:
             faults.mark("report", trainer.cfg.name)
 
@@ -74,6 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from bgl.train.distributed import default_reduce
 
+    clock = StartupClock(config.get(TRIAL_START_KEY))
     ctx = ray.train.get_context()
     trainer = Trainer(
         from_dict(config["run"]),
@@ -82,7 +111,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         reduce=default_reduce(),
         device=ray.train.torch.get_device(),
     )
-    run_and_report(trainer, config, "train")
+    clock.built = time.time()
+    run_and_report(trainer, config, "train", clock=clock)
 
 
 def run_and_report(
@@ -91,8 +121,11 @@ def run_and_report(
     api: str,
     extra: dict[str, Any] | None = None,
     started: float | None = None,
+    clock: StartupClock | None = None,
 ) -> None:
-    """Resume from the last checkpoint if any, train, report evaluations and the summary."""
+    """Resume from the last checkpoint if any, train, report evaluations and the summary.
+    With `clock`, the final report carries the start-up breakdown (a resumed run's is its
+    restart's)."""
     checkpoint = _api(api).get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
@@ -100,7 +133,7 @@ def run_and_report(
     if trainer.rank == 0:
         faults.mark("start", trainer.cfg.name)
     try:
-        summary = trainer.fit(callbacks=_RayReporter(api))
+        summary = trainer.fit(callbacks=_RayReporter(api, clock))
     except DivergedError as exc:
         summary = trainer.summary(status="diverged", error=str(exc))
     export = config.get(EXPORT_KEY)
@@ -108,6 +141,9 @@ def run_and_report(
         trainer.save(export)  # before the final report: a completed trial implies the file
     final = final_report(summary, trainer.history, config["objectives"])
     final.update(extra or {})
+    final.update(clock.columns() if clock is not None else {})
+    if api == "train":  # the trial process measures the rest (`teardown_s`)
+        final["final_report_unix"] = time.time()
     if started is not None:  # in-trial: this process's clock is the trial's
         final["trial_wall_s"] = time.perf_counter() - started
     report_with_checkpoint(trainer, final, api)
