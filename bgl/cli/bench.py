@@ -58,6 +58,7 @@ def add_bench_commands(subparsers: Any) -> None:
     add_output_dir(b)
     b.set_defaults(func=_bench_solvers)
     add_data_bench_command(bsub)
+    add_gpu_bench_command(bsub)
     b = bsub.add_parser("study", help="Ray's per-trial overhead; 1 vs 2 workers")
     add_output_dir(b)
     b.set_defaults(func=_bench_study)
@@ -466,3 +467,52 @@ def bench_data_command(args: argparse.Namespace) -> int:
     rows = run_data_bench(cfg, out_dir=args.output_dir, console=console)
     print_table(rows, console)
     return 0
+
+
+def add_gpu_bench_command(bench_subparsers: Any) -> argparse.ArgumentParser:
+    """``bgl bench gpu``: the one-shot GPU check (scripts/gpu_check.sh)."""
+    from bgl.bench.gpu import PARTS, TASKS
+
+    b = bench_subparsers.add_parser(
+        "gpu",
+        help="GPU check: a step per solver x task at the paper's sizes (time, CUDA peak), a "
+        "1-worker Ray Train trial (nccl), 24 MP bgl develop; skips (exit 0) without CUDA",
+    )
+    b.add_argument("--device", default="cuda", help="cuda (default), or cpu with --quick")
+    b.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes (32 px, k 1, 2 steps, 0.1 MP frame): every code path in seconds",
+    )
+    b.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    b.add_argument(
+        "--solvers", nargs="+", choices=SOLVER_NAMES, default=[], help="default: every solver"
+    )
+    b.add_argument("--warmup", type=int, default=1, help="untimed steps first (not --quick)")
+    b.add_argument("--repeats", type=int, default=3, help="timed steps (not --quick)")
+    b.add_argument("--skip", action="append", default=[], choices=PARTS, help="repeatable")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_gpu)
+    return b
+
+
+def _bench_gpu(args: argparse.Namespace) -> int:
+    """Exit 0 after one line where CUDA is asked for and missing; 1 if a part failed."""
+    from bgl.bench.gpu import GpuBenchConfig, print_table, run_gpu_bench, skip_reason
+
+    reason = skip_reason(args.device)
+    if reason:
+        console.print(reason, highlight=False, markup=False, soft_wrap=True)
+        return 0
+    cfg = GpuBenchConfig(
+        device=args.device,
+        quick=args.quick,
+        tasks=tuple(args.tasks),
+        solvers=tuple(args.solvers),
+        warmup=args.warmup,
+        repeats=args.repeats,
+        skip=tuple(args.skip),
+    )
+    rows = run_gpu_bench(cfg, out_dir=args.output_dir, console=console)
+    print_table(rows, console)
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
