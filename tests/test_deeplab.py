@@ -1,9 +1,10 @@
-"""ResNet backbones (torchvision layout and keys, dilation, weight files) and DeepLabV3+."""
+"""ResNet backbones (torchvision's models, dilation, weight files) and DeepLabV3+."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from bgl.models.deeplab import ASPP, ASPPPooling, DeepLabV3Plus
@@ -86,6 +87,33 @@ def test_resnet50_state_dict_matches_torchvision_layout():
         "layer4.0",
     }
     assert sum(p.numel() for p in resnet50().parameters()) == RESNET50_PARAMS
+
+
+@pytest.mark.parametrize("depth", [50, 101])
+def test_resnet_is_torchvisions(depth):
+    """bgl's ResNet is torchvision's model: same class, modules, keys; its checkpoints load
+    strictly and give torchvision's outputs, with and without DeepLab's dilation."""
+    build = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}[depth]
+    for dilate in ((False, False, False), (False, False, True), (False, True, True)):
+        ours = resnet(depth, replace_stride_with_dilation=dilate)
+        reference = build(weights=None, replace_stride_with_dilation=list(dilate))
+        assert isinstance(ours, torchvision.models.ResNet)
+        inner, reference_inner = list(ours.modules())[1:], list(reference.modules())[1:]
+        assert [type(m) for m in inner] == [type(m) for m in reference_inner]
+        assert [repr(m) for m in inner] == [repr(m) for m in reference_inner]
+        assert _shapes(ours) == _shapes(reference)
+    torch.manual_seed(0)
+    for m in reference.modules():  # non-trivial statistics, so eval-mode BN matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.weight.data.uniform_(0.5, 1.5)
+    ours.load_state_dict(reference.state_dict())
+    ours.eval(), reference.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+        reference.avgpool, reference.fc = nn.Identity(), nn.Identity()  # layer4's map, flattened
+        assert torch.equal(torch.flatten(ours.forward_features(x)[-1], 1), reference(x))
 
 
 def test_resnet101_size_and_blocks():
