@@ -403,16 +403,11 @@ def detect(
 # -- pretrained weights -------------------------------------------------------------------------
 
 
-def load_vgg16_weights(model: DSFD, path: str | os.PathLike[str] | None = None) -> str:
-    """Load VGG16 base weights into `model`; returns the file used.
-
-    Looks for `path`, then $BGL_VGG16_WEIGHTS, then torchvision's `vgg16-397923af.pth` or DSFD's
-    `vgg16_reducedfc.pth` in the torch hub cache, else downloads torchvision's file there (see
-    `bgl.models.weights`; `BGL_OFFLINE=1` makes it an error instead). A torchvision file fills
-    the trunk (`features.*`); DSFD's base file (trunk keys `0.*`..`28.*`, plus `31.*`/`33.*`, the
-    reduced fc6/fc7 convs) fills fc6 and fc7 too. Needs `width_mult=1`.
-    """
-    file = find_weights_file(
+def vgg16_weights_path(path: str | os.PathLike[str] | None = None) -> str:
+    """The VGG16 file: `path`, $BGL_VGG16_WEIGHTS, torchvision's `vgg16-397923af.pth` or DSFD's
+    `vgg16_reducedfc.pth` in the torch hub cache, else torchvision's file downloaded there (see
+    `bgl.models.weights`; `BGL_OFFLINE=1` makes it an error instead)."""
+    found = find_weights_file(
         VGG16_WEIGHT_FILES,
         path,
         env=VGG16_WEIGHTS_ENV,
@@ -420,6 +415,16 @@ def load_vgg16_weights(model: DSFD, path: str | os.PathLike[str] | None = None) 
         source="torchvision's vgg16 or DSFD's vgg16_reducedfc checkpoint",
         url=VGG16_WEIGHTS.url,
     )
+    return str(found)
+
+
+def load_vgg16_weights(model: DSFD, path: str | os.PathLike[str] | None = None) -> str:
+    """Load VGG16 base weights into `model` from `vgg16_weights_path(path)`; returns the file.
+
+    A torchvision file fills the trunk (`features.*`); DSFD's base file (trunk keys `0.*`..`28.*`,
+    plus `31.*`/`33.*`, the reduced fc6/fc7 convs) fills fc6 and fc7 too. Needs `width_mult=1`.
+    """
+    file = vgg16_weights_path(path)
     state = load_state_dict_file(file, prefix="features.")
     trunk_keys = set(model.vgg.state_dict())
     trunk = {k: v for k, v in state.items() if k in trunk_keys}

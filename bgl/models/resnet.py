@@ -147,7 +147,7 @@ def resnet101(**kwargs: object) -> ResNet:
 
 def resnet_weights_path(depth: int, path: str | os.PathLike[str] | None = None) -> str:
     """The ImageNet checkpoint file for ResNet-`depth`: `path`, `$BGL_RESNET<depth>_WEIGHTS`,
-    torchvision's file in the torch hub cache, or that file downloaded (see `bgl.models.weights`)."""
+    torchvision's file in the torch hub cache, or that file downloaded (`bgl.models.weights`)."""
     if depth not in RESNET_WEIGHT_FILES:
         raise ValueError(f"depth must be one of {sorted(RESNET_WEIGHT_FILES)}, got {depth}")
     found = find_weights_file(
