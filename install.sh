@@ -6,17 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 extra=""
-also=""
-if [ "${1:-}" = "test" ]; then
-  extra="[test]"
-  # BOAT, the peer bilevel toolbox `bgl bench boat` and its tests compare against, with its
-  # declared dependencies (it caps numpy at 1.26.4); `higher` is imported by BOAT, not declared
-  also="boat-torch==1.1.1 higher==0.2.1"
-fi
-# One resolver run for bgl, LPIPS (the metric itself, with its linear layers) and BOAT, so that
-# every declared dependency is satisfied together.
-# shellcheck disable=SC2086
-pip install -c constraints.txt -e ".${extra}" lpips==0.1.4 $also
+[ "${1:-}" = "test" ] && extra="[test]"
+# One resolver run for bgl and LPIPS (the metric itself, with its linear layers), so that every
+# declared dependency is satisfied together.
+pip install -c constraints.txt -e ".${extra}" lpips==0.1.4
 # packages that only ship model files the metrics read (BRISQUE SVR, LIVE's NIQE pristine
 # parameters): their declared dependencies are not needed, so none are installed
 pip install -c constraints.txt --no-deps brisque==0.2.0
@@ -24,6 +17,16 @@ pip install -c constraints.txt --no-deps --no-build-isolation basicsr==1.4.2
 if [ -n "$extra" ]; then
   # an independent reference implementation the metric tests compare against
   pip install -c constraints.txt --no-deps piq==0.8.0
+  # BOAT, the peer bilevel toolbox `bgl bench boat` and its tests compare against, with its
+  # declared dependencies but one: it caps numpy at 1.26.4, and bgl's stack needs NumPy 2
+  # (pyarrow 26 refuses to import beside 1.26). `higher` is imported by BOAT, not declared.
+  pip install -c constraints.txt --no-deps boat-torch==1.1.1
+  python -c '
+import importlib.metadata, re
+for req in importlib.metadata.requires("boat-torch") or []:
+    if re.split(r"[\s<>=!~;\[(]", req, maxsplit=1)[0].lower() != "numpy":
+        print(req)
+' | tr '\n' '\0' | xargs -0 pip install -c constraints.txt higher==0.2.1
 fi
 # A package's dependencies could still have moved torch or torchvision: fail loudly unless the
 # environment holds exactly the pinned pair.
