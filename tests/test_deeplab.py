@@ -129,6 +129,12 @@ def test_resnet101_size_and_blocks():
 def test_width_scales_and_head_is_optional():
     model = resnet(50, width=8, num_classes=None)
     assert model.channels == (32, 64, 128, 256)
+    # every width starts each block as an identity (last BN at zero), as torchvision's
+    # zero_init_residual=True does at full width
+    for net in (model, resnet50()):
+        blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
+        assert all(torch.all(b.bn3.weight == 0) for b in blocks)
+        assert all(torch.all(b.bn1.weight == 1) for b in blocks)
     assert not any(k.startswith("fc.") for k in model.state_dict())
     with pytest.raises(RuntimeError, match="no classifier"):
         model(torch.rand(1, 3, 32, 32))

@@ -110,7 +110,8 @@ class ResNet(models.ResNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, Bottleneck):
+        for m in self.modules():  # after the loop above, which visits a block before its bn3
+            if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
