@@ -68,3 +68,12 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_weight_downloads(monkeypatch):
+    """No test reaches the internet: pretrained weights are never downloaded (`BGL_OFFLINE=1`,
+    inherited by the subprocesses and Ray workers a test starts). tests/test_weights_download.py
+    lifts it for downloads from its own loopback server."""
+    monkeypatch.setenv("BGL_OFFLINE", "1")
+    monkeypatch.delenv("BGL_WEIGHTS_URL", raising=False)

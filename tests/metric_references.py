@@ -1,9 +1,7 @@
 """Reference implementations the metric tests compare against, made importable here.
 
-- piq and lpips import torchvision at module level (for networks these tests never build); they
-  are imported with a stand-in `torchvision` module that exists only during the import, so
-  torchvision itself is never imported and later `find_spec("torchvision")` checks (torchmetrics)
-  still see it absent.
+- the lpips package's LPIPS module built around torchvision's own AlexNet (loaded through
+  torchvision's API), independently of how bgl maps a checkpoint onto the package's slices.
 - BasicSR's NIQE and MATLAB-imresize ports are loaded file by file: its package __init__ imports
   its whole model zoo (torchvision, CUDA ops).
 - scikit-video's niqe() is run with `scipy.misc.imresize` restored (through Pillow, as the
@@ -14,7 +12,6 @@ Each loader skips the calling test when the package is not installed.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import sys
@@ -22,74 +19,31 @@ import types
 import warnings
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
-_STUB_NAMES = ("torchvision", "torchvision.models", "torchvision.models.inception")
-
-
-@contextlib.contextmanager
-def torchvision_stub(alexnet: Any = None):
-    """A throw-away `torchvision` with `models.alexnet` (optional) and inception base classes."""
-    import torchmetrics.functional.image  # noqa: F401  (its import-time torchvision check first)
-
-    tv = types.ModuleType("torchvision")
-    models = types.ModuleType("torchvision.models")
-
-    def unavailable(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("torchvision stand-in: this network is not available in tests")
-
-    for name in ("alexnet", "vgg16", "vgg19", "squeezenet1_1", "inception_v3"):
-        setattr(models, name, unavailable)
-    if alexnet is not None:
-        models.alexnet = alexnet
-    inception = types.ModuleType("torchvision.models.inception")
-    for name in ("InceptionA", "InceptionB", "InceptionC", "InceptionD", "InceptionE"):
-        setattr(inception, name, type(name, (torch.nn.Module,), {}))
-    models.inception = inception
-    tv.models = models
-    saved = {k: sys.modules.get(k) for k in _STUB_NAMES}
-    sys.modules.update(dict(zip(_STUB_NAMES, (tv, models, inception))))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                sys.modules.pop(key, None)
-            else:
-                sys.modules[key] = value
-
 
 def import_piq() -> Any:
     if importlib.util.find_spec("piq") is None:
         pytest.fail("piq is missing: ./install.sh test installs it (--no-deps piq==0.8.0)")
-    if "piq" in sys.modules:
-        return sys.modules["piq"]
-    with torchvision_stub():
-        return importlib.import_module("piq")
+    return importlib.import_module("piq")
 
 
 def lpips_package_model(features: torch.nn.Sequential) -> Any:
-    """The lpips package's own LPIPS(net='alex') module around a given AlexNet trunk."""
+    """The lpips package's own LPIPS(net='alex') module around a torchvision AlexNet whose
+    `features` are the given trunk (the package takes `torchvision.models.alexnet().features`)."""
     if importlib.util.find_spec("lpips") is None:
-        pytest.fail("lpips is missing: ./install.sh installs it (--no-deps lpips==0.1.4)")
+        pytest.fail("lpips is missing: ./install.sh installs it (lpips==0.1.4)")
+    import lpips
+    import torchvision
 
-    class _AlexNet:
-        def __init__(self) -> None:
-            self.features = features
-
-    names = [k for k in sys.modules if k == "lpips" or k.startswith("lpips.")]
-    saved = {k: sys.modules.pop(k) for k in names}
-    try:
-        with torchvision_stub(alexnet=lambda *a, **k: _AlexNet()):
-            lpips = importlib.import_module("lpips")
-            return lpips.LPIPS(net="alex", version="0.1", verbose=False)
-    finally:
-        for k in [k for k in sys.modules if k == "lpips" or k.startswith("lpips.")]:
-            sys.modules.pop(k)
-        sys.modules.update(saved)
+    alexnet = torchvision.models.alexnet(weights=None)
+    alexnet.features = features
+    with mock.patch.object(lpips.pretrained_networks.tv, "alexnet", lambda *a, **k: alexnet):
+        return lpips.LPIPS(net="alex", version="0.1", verbose=False).eval()
 
 
 def load_basicsr() -> tuple[Any, Any, Path]:

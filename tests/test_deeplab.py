@@ -1,9 +1,10 @@
-"""ResNet backbones (torchvision layout and keys, dilation, weight files) and DeepLabV3+."""
+"""ResNet backbones (torchvision's models, dilation, weight files) and DeepLabV3+."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from bgl.models.deeplab import ASPP, ASPPPooling, DeepLabV3Plus
@@ -88,6 +89,33 @@ def test_resnet50_state_dict_matches_torchvision_layout():
     assert sum(p.numel() for p in resnet50().parameters()) == RESNET50_PARAMS
 
 
+@pytest.mark.parametrize("depth", [50, 101])
+def test_resnet_is_torchvisions(depth):
+    """bgl's ResNet is torchvision's model: same class, modules, keys; its checkpoints load
+    strictly and give torchvision's outputs, with and without DeepLab's dilation."""
+    build = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}[depth]
+    for dilate in ((False, False, False), (False, False, True), (False, True, True)):
+        ours = resnet(depth, replace_stride_with_dilation=dilate)
+        reference = build(weights=None, replace_stride_with_dilation=list(dilate))
+        assert isinstance(ours, torchvision.models.ResNet)
+        inner, reference_inner = list(ours.modules())[1:], list(reference.modules())[1:]
+        assert [type(m) for m in inner] == [type(m) for m in reference_inner]
+        assert [repr(m) for m in inner] == [repr(m) for m in reference_inner]
+        assert _shapes(ours) == _shapes(reference)
+    torch.manual_seed(0)
+    for m in reference.modules():  # non-trivial statistics, so eval-mode BN matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.weight.data.uniform_(0.5, 1.5)
+    ours.load_state_dict(reference.state_dict())
+    ours.eval(), reference.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+        reference.avgpool, reference.fc = nn.Identity(), nn.Identity()  # layer4's map, flattened
+        assert torch.equal(torch.flatten(ours.forward_features(x)[-1], 1), reference(x))
+
+
 def test_resnet101_size_and_blocks():
     model = resnet101()
     shapes = _shapes(model)
@@ -101,6 +129,12 @@ def test_resnet101_size_and_blocks():
 def test_width_scales_and_head_is_optional():
     model = resnet(50, width=8, num_classes=None)
     assert model.channels == (32, 64, 128, 256)
+    # every width starts each block as an identity (last BN at zero), as torchvision's
+    # zero_init_residual=True does at full width
+    for net in (model, resnet50()):
+        blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
+        assert all(torch.all(b.bn3.weight == 0) for b in blocks)
+        assert all(torch.all(b.bn1.weight == 1) for b in blocks)
     assert not any(k.startswith("fc.") for k in model.state_dict())
     with pytest.raises(RuntimeError, match="no classifier"):
         model(torch.rand(1, 3, 32, 32))

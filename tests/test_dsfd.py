@@ -1,4 +1,4 @@
-"""DSFD in plain torch: VGG16 layout, anchors, matching, hard negatives, loss, NMS, weights."""
+"""DSFD: torchvision's VGG16 trunk, anchors, matching, hard negatives, loss, NMS, weights."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
+import torchvision
 
-from bgl.models.backbones import VGG16_RELU3_3, VGG16_RELU4_3, VGG16_RELU5_3, vgg16_features
 from bgl.models.boxes import (
     box_iou,
     center_to_corners,
@@ -19,12 +19,16 @@ from bgl.models.boxes import (
 from bgl.models.dsfd import (
     DSFD,
     STRIDES,
+    VGG16_RELU3_3,
+    VGG16_RELU4_3,
+    VGG16_RELU5_3,
     detect,
     dsfd_loss,
     hard_negatives,
     load_vgg16_weights,
     make_anchors,
     multibox_loss,
+    vgg16_features,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -39,18 +43,20 @@ def _random_boxes(n: int, size: float, generator: torch.Generator) -> torch.Tens
 # -- backbone -----------------------------------------------------------------------------------
 
 
-def test_vgg16_features_matches_torchvision_layout():
+def test_vgg16_features_is_torchvisions_trunk():
     trunk = vgg16_features()
-    # torchvision vgg16().features: conv indices and channels of configuration "D"
-    convs = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
-    channels = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
-    expected = {}
-    previous = 3
-    for index, out in zip(convs, channels):
-        expected[f"{index}.weight"] = (out, previous, 3, 3)
-        expected[f"{index}.bias"] = (out,)
-        previous = out
-    assert {k: tuple(v.shape) for k, v in trunk.state_dict().items()} == expected
+    reference = torchvision.models.vgg16(weights=None).features
+    # the same modules, index for index, and the same state-dict keys and shapes
+    assert [type(m) for m in trunk] == [type(m) for m in reference]
+    assert [repr(m) for m in trunk] == [repr(m) for m in reference]
+    assert {k: v.shape for k, v in trunk.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()
+    }
+    # torchvision's weights load strictly and give torchvision's activations
+    trunk.load_state_dict(reference.state_dict())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(trunk(x), reference(x))
     assert len(trunk) == 31
     assert [i for i, m in enumerate(trunk) if isinstance(m, torch.nn.MaxPool2d)] == [
         4,
@@ -59,7 +65,10 @@ def test_vgg16_features_matches_torchvision_layout():
         23,
         30,
     ]
+    # the taps are the ReLUs right after conv3_3, conv4_3, conv5_3 (convs 14, 21, 28)
     assert (VGG16_RELU3_3, VGG16_RELU4_3, VGG16_RELU5_3) == (15, 22, 29)
+    for tap in (VGG16_RELU3_3, VGG16_RELU4_3, VGG16_RELU5_3):
+        assert isinstance(trunk[tap], torch.nn.ReLU) and isinstance(trunk[tap - 1], torch.nn.Conv2d)
     small = vgg16_features(0.125)
     assert small[0].out_channels == 8 and small[28].out_channels == 64
 

@@ -1,28 +1,24 @@
-"""LPIPS (AlexNet, v0.1): weight discovery, the backbone layout, and the formula.
+"""LPIPS (AlexNet, v0.1): weight discovery, the lpips package's module, and the formula.
 
-ImageNet AlexNet weights cannot be downloaded here, so the tests write a random backbone in
-torchvision's checkpoint format and check the pipeline (scaling, trunk, normalisation, the
-wheel's linear weights, averaging) against an independent functional computation and against
-the lpips package's own module built around the same trunk.
+Tests never download (tests/conftest.py), so they write a random backbone in torchvision's
+checkpoint format and check the pipeline (scaling, trunk, normalisation, the wheel's linear
+weights, averaging) against an independent functional computation and against the lpips
+package's module built around torchvision's own AlexNet with the same trunk.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import lpips as lpips_package
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import bgl.metrics.lpips as lpips_module
-from bgl.metrics.lpips import (
-    ALEXNET_ENV,
-    ALEXNET_FILES,
-    LPIPS,
-    lpips,
-    lpips_linear_weights_path,
-)
-from bgl.models.backbones import alexnet_features
+from bgl.metrics.lpips import ALEXNET_ENV, ALEXNET_FILES, build_lpips, lpips
 from tests.metric_references import lpips_package_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -35,6 +31,10 @@ SHAPES = {
     "8.weight": (256, 384, 3, 3),
     "10.weight": (256, 256, 3, 3),
 }
+
+
+#: The linear layers w_l shipped in the lpips wheel.
+LINEAR_WEIGHTS = Path(lpips_package.__file__).parent / "weights" / "v0.1" / "alex.pth"
 
 
 def random_alexnet_checkpoint(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -73,7 +73,7 @@ def images(b: int = 2, size: int = 64, seed: int = 0) -> tuple[torch.Tensor, tor
 
 def independent_lpips(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
     """Zhang et al.'s formula written out with functional ops, in float64."""
-    lin = torch.load(lpips_linear_weights_path(), map_location="cpu", weights_only=True)
+    lin = torch.load(LINEAR_WEIGHTS, map_location="cpu", weights_only=True)
     shift = torch.tensor([-0.030, -0.088, -0.188], dtype=torch.float64).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450], dtype=torch.float64).view(1, 3, 1, 1)
     w = {k: v.double() for k, v in state.items()}
@@ -101,24 +101,25 @@ def independent_lpips(state: dict[str, torch.Tensor], x: torch.Tensor, y: torch.
     return total
 
 
-def test_alexnet_features_has_torchvision_keys() -> None:
-    state = alexnet_features().state_dict()
-    assert list(state) == TORCHVISION_FEATURE_KEYS
+def test_metric_is_the_lpips_package_on_torchvisions_alexnet(hub) -> None:
+    model = build_lpips()
+    assert isinstance(model, lpips_package.LPIPS) and model.version == "0.1"
+    # the trunk: torchvision's alexnet().features, index for index, holding the checkpoint
+    reference = torchvision.models.alexnet(weights=None).features
+    trunk = {k.split(".", 1)[1]: v for k, v in model.net.state_dict().items()}
+    assert list(trunk) == TORCHVISION_FEATURE_KEYS == list(reference.state_dict())
     for key, shape in SHAPES.items():
-        assert tuple(state[key].shape) == shape
-
-
-def test_linear_weights_found_in_wheel_without_importing_lpips() -> None:
-    import sys
-
-    path = lpips_linear_weights_path()
-    assert path.parts[-3:] == ("weights", "v0.1", "alex.pth")
-    assert "lpips" not in sys.modules
-    lin = torch.load(path, map_location="cpu", weights_only=True)
-    assert [tuple(lin[f"lin{k}.model.1.weight"].shape) for k in range(5)] == [
-        (1, c, 1, 1) for c in (64, 192, 384, 256, 256)
-    ]
-    assert all((v >= 0).all() for v in lin.values())  # LPIPS clamps its weights at 0
+        assert torch.equal(trunk[key], hub[f"features.{key}"]) and trunk[key].shape == shape
+    layers = [m for s in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4,
+                          model.net.slice5) for m in s]  # fmt: skip
+    assert [repr(m) for m in layers] == [repr(m) for m in reference[: len(layers)]]
+    # the linear layers: the wheel's file, non-negative as LPIPS clamps them
+    lin = torch.load(LINEAR_WEIGHTS, map_location="cpu", weights_only=True)
+    for k, layer in enumerate(model.lins):
+        assert torch.equal(layer.model[1].weight, lin[f"lin{k}.model.1.weight"])
+        assert layer.model[1].weight.shape == (1, (64, 192, 384, 256, 256)[k], 1, 1)
+    assert all((v >= 0).all() for v in lin.values())
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
 
 
 def test_matches_independent_formula(hub) -> None:
@@ -132,7 +133,7 @@ def test_matches_independent_formula(hub) -> None:
 
 
 def test_matches_lpips_package_module(hub) -> None:
-    trunk = alexnet_features()
+    trunk = torchvision.models.alexnet(weights=None).features
     trunk.load_state_dict(
         {k[len("features.") :]: v for k, v in hub.items() if k.startswith("features.")}
     )
@@ -179,7 +180,7 @@ def test_wrong_checkpoint_is_reported(tmp_path) -> None:
     bad = tmp_path / "bad.pth"
     torch.save({"features.0.weight": torch.zeros(3)}, bad)
     with pytest.raises(ValueError, match="AlexNet"):
-        LPIPS.from_files(bad)
+        build_lpips(bad)
 
 
 def test_bad_inputs(hub) -> None:

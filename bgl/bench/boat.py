@@ -52,7 +52,10 @@ from bgl.bench.solvers import SolverBenchConfig
 from bgl.solvers import BilevelProblem, Grads, get_solver
 from bgl.solvers.problem import preserved_state
 
-BOAT_INSTALL = "pip install --no-deps boat-torch==1.1.1 higher"
+BOAT_INSTALL = (
+    "pip install -c constraints.txt --no-deps boat-torch==1.1.1 && "
+    "pip install -c constraints.txt higher==0.2.1"
+)
 BOAT_OPS = {"tbgl": "FD", "ibgl": "IGA"}  # bgl solver -> BOAT's `na_op` with the same formula
 SPEED_TARGET = 1.5  # bgl at least 1.5x BOAT's speed
 MEMORY_TARGET = 0.6  # bgl at most 0.6x BOAT's peak memory
@@ -64,15 +67,15 @@ class BoatMissingError(RuntimeError):
 
 
 def require_boat() -> Any:
-    """Import boat_torch, or fail with the install command (it must not pull torchvision in)."""
+    """Import boat_torch, or fail with the install command (its numpy cap must not apply)."""
     try:
         import boat_torch
         import higher  # noqa: F401
     except ImportError as exc:
         raise BoatMissingError(
-            f"the BOAT comparison needs boat-torch and higher ({exc}); install them without "
-            f"their dependencies (boat-torch declares torchvision, which would replace torch): "
-            f"`{BOAT_INSTALL}`, or `./install.sh test`"
+            f"the BOAT comparison needs boat-torch and higher ({exc}); install them with "
+            f"`{BOAT_INSTALL}` (boat-torch caps numpy at 1.26.4, which pyarrow 26 cannot import "
+            f"beside; its other dependencies come with bgl), or `./install.sh test`"
         ) from exc
     return boat_torch
 

@@ -6,8 +6,8 @@
 
 `enhance` prints one row in the layout of the paper's Table 1 (PSNR↑ SSIM↑ LPIPS↓ VIF↑ FSIM↑
 BRISQUE↓ NIQE↓ LOE↓). Metrics that were not asked for explicitly and cannot run here (the AlexNet
-weights for LPIPS are not on this machine, images too small for NIQE's 96x96 patches) are shown
-as n/a with the reason; a metric named with --metrics that cannot run is an error.
+weights for LPIPS neither here nor downloadable, images too small for NIQE's 96x96 patches) are
+shown as n/a with the reason; a metric named with --metrics that cannot run is an error.
 
 `detect` prints AP at IoU 0.5 (VOC all-point, the DARK FACE protocol) and writes, to
 --output-dir (default: the checkpoint's folder), `pr_curve.parquet` (one row per ranked
@@ -43,7 +43,7 @@ ENHANCE_HELP = """`bgl eval enhance`: the paper's Table 1 metrics of a checkpoin
 
 prints one row in the layout of the paper's Table 1 (PSNR↑ SSIM↑ LPIPS↓ VIF↑ FSIM↑ BRISQUE↓
 NIQE↓ LOE↓). Metrics that were not asked for explicitly and cannot run here (the AlexNet
-weights for LPIPS are not on this machine, images too small for NIQE's 96x96 patches) are
+weights for LPIPS neither here nor downloadable, images too small for NIQE's 96x96 patches) are
 shown as n/a with the reason; a metric named with --metrics that cannot run is an error."""
 DETECT_HELP = """`bgl eval detect`: DARK FACE AP of a checkpoint on a test split, and its PR curve.
 
@@ -200,7 +200,7 @@ def add_eval_command(subparsers: Any) -> Any:
         default=None,
         metavar="PATH",
         help="torchvision AlexNet checkpoint for LPIPS (alexnet-owt-7be5be79.pth); default: "
-        "$BGL_ALEXNET_WEIGHTS or the torch hub cache",
+        "$BGL_ALEXNET_WEIGHTS or the torch hub cache (downloaded there unless BGL_OFFLINE=1)",
     )
     e.add_argument(
         "--niqe-model",
@@ -218,9 +218,8 @@ def _unavailable(name: str, options: dict[str, Any]) -> str | None:
     """Why metric `name` cannot run on this machine (a missing weights file or package)."""
     try:
         if name == "lpips":
-            from bgl.metrics.lpips import alexnet_weights_path, lpips_linear_weights_path
+            from bgl.metrics.lpips import alexnet_weights_path
 
-            lpips_linear_weights_path()
             alexnet_weights_path(options.get("alexnet_weights"))
         elif name == "brisque":
             from bgl.metrics.brisque import load_model
@@ -230,7 +229,7 @@ def _unavailable(name: str, options: dict[str, Any]) -> str | None:
             from bgl.metrics.niqe import pristine_model
 
             pristine_model(options.get("model", "matlab"))
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: a download
         return str(exc)
     return None
 

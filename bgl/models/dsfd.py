@@ -1,4 +1,4 @@
-"""DSFD, the Dual Shot Face Detector (Li et al., CVPR 2019), with a VGG16 backbone, plain torch.
+"""DSFD, the Dual Shot Face Detector (Li et al., CVPR 2019), on torchvision's VGG16 trunk.
 
     x (B, 3, H, W) in [0, 1]
     VGG16 trunk (torchvision `vgg16().features`) -> conv3_3, conv4_3, conv5_3   strides 4, 8, 16
@@ -30,8 +30,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import VGG16_Weights, vgg
 
-from bgl.models.backbones import VGG16_RELU3_3, VGG16_RELU4_3, VGG16_RELU5_3, vgg16_features
 from bgl.models.boxes import VARIANCES, decode, encode, match_anchors, nms
 from bgl.models.weights import find_weights_file, load_state_dict_file
 
@@ -43,8 +43,10 @@ ANCHOR_SCALE = 4
 L2NORM_SCALES: tuple[float, ...] = (10.0, 8.0, 5.0)
 #: Full-width channels of the six sources.
 SOURCE_CHANNELS: tuple[int, ...] = (256, 512, 512, 1024, 512, 256)
+#: torchvision's ImageNet VGG16, downloaded into the torch hub cache when no file is found.
+VGG16_WEIGHTS = VGG16_Weights.IMAGENET1K_V1
 #: Weight files looked up in the torch hub cache, in order: torchvision's, then DSFD's base file.
-VGG16_WEIGHT_FILES: tuple[str, ...] = ("vgg16-397923af.pth", "vgg16_reducedfc.pth")
+VGG16_WEIGHT_FILES: tuple[str, ...] = (VGG16_WEIGHTS.url.rsplit("/", 1)[-1], "vgg16_reducedfc.pth")
 VGG16_WEIGHTS_ENV = "BGL_VGG16_WEIGHTS"
 INPUT_NORMS = ("imagenet", "caffe")
 
@@ -60,8 +62,26 @@ class DSFDOutput(NamedTuple):
     anchors2: torch.Tensor  # (A, 4)
 
 
+#: torchvision `vgg16().features` indices of the ReLUs after conv3_3, conv4_3 and conv5_3.
+VGG16_RELU3_3, VGG16_RELU4_3, VGG16_RELU5_3 = 15, 22, 29
+
+
 def _channels(full: int, width_mult: float) -> int:
     return max(1, round(full * width_mult))
+
+
+def vgg16_features(width_mult: float = 1.0) -> nn.Sequential:
+    """torchvision's VGG16 trunk (`vgg16().features`: configuration "D", 31 modules), built by
+    torchvision's `make_layers` with every conv's channels scaled by `width_mult` (at least 1).
+
+    At `width_mult=1` its keys (`0.weight` ... `28.bias`) are the `features.*` entries of
+    `vgg16-397923af.pth` (and the first 29 indices of SSD/DSFD's `vgg16_reducedfc.pth`); smaller
+    multipliers give the tiny networks tests train.
+    """
+    if not width_mult > 0:
+        raise ValueError(f"width_mult must be > 0, got {width_mult}")
+    cfg = [v if v == "M" else _channels(int(v), width_mult) for v in vgg.cfgs["D"]]
+    return vgg.make_layers(cfg, batch_norm=False)
 
 
 def make_anchors(
@@ -383,21 +403,28 @@ def detect(
 # -- pretrained weights -------------------------------------------------------------------------
 
 
-def load_vgg16_weights(model: DSFD, path: str | os.PathLike[str] | None = None) -> str:
-    """Load VGG16 base weights into `model`; returns the file used.
-
-    Looks for `path`, then $BGL_VGG16_WEIGHTS, then torchvision's `vgg16-397923af.pth` or DSFD's
-    `vgg16_reducedfc.pth` in the torch hub cache (nothing is downloaded). A torchvision file fills
-    the trunk (`features.*`); DSFD's base file (trunk keys `0.*`..`28.*`, plus `31.*`/`33.*`, the
-    reduced fc6/fc7 convs) fills fc6 and fc7 too. Needs `width_mult=1`.
-    """
-    file = find_weights_file(
+def vgg16_weights_path(path: str | os.PathLike[str] | None = None) -> str:
+    """The VGG16 file: `path`, $BGL_VGG16_WEIGHTS, torchvision's `vgg16-397923af.pth` or DSFD's
+    `vgg16_reducedfc.pth` in the torch hub cache, else torchvision's file downloaded there (see
+    `bgl.models.weights`; `BGL_OFFLINE=1` makes it an error instead)."""
+    found = find_weights_file(
         VGG16_WEIGHT_FILES,
         path,
         env=VGG16_WEIGHTS_ENV,
         what="VGG16 weights",
         source="torchvision's vgg16 or DSFD's vgg16_reducedfc checkpoint",
+        url=VGG16_WEIGHTS.url,
     )
+    return str(found)
+
+
+def load_vgg16_weights(model: DSFD, path: str | os.PathLike[str] | None = None) -> str:
+    """Load VGG16 base weights into `model` from `vgg16_weights_path(path)`; returns the file.
+
+    A torchvision file fills the trunk (`features.*`); DSFD's base file (trunk keys `0.*`..`28.*`,
+    plus `31.*`/`33.*`, the reduced fc6/fc7 convs) fills fc6 and fc7 too. Needs `width_mult=1`.
+    """
+    file = vgg16_weights_path(path)
     state = load_state_dict_file(file, prefix="features.")
     trunk_keys = set(model.vgg.state_dict())
     trunk = {k: v for k, v in state.items() if k in trunk_keys}

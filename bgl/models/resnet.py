@@ -1,18 +1,20 @@
-"""ResNet-50/101 (He et al. 2016) in plain torch, with torchvision's module names and keys.
+"""ResNet-50/101 (He et al. 2016): torchvision's models, as backbones for dense prediction.
 
-Why a copy of torchvision's layout: segmentation backbones start from ImageNet weights, and those
-ship as torchvision checkpoints (`resnet50-0676ba61.pth`, ...). Naming every module as torchvision
-does (`conv1`, `bn1`, `layer1.0.downsample.1.running_mean`, ..., `fc`) lets such a file load with
-`load_state_dict` unchanged, read with `weights_only=True` (see `bgl.models.weights`).
+`ResNet` *is* torchvision's `ResNet` with `Bottleneck` blocks (same modules, same state-dict keys,
+so torchvision's ImageNet checkpoints load unchanged and `weights_only=True`, see
+`bgl.models.weights`). What it adds, because a segmentation head needs it:
 
-Two options go beyond torchvision's builders:
-
-- `replace_stride_with_dilation`: as torchvision's, per stage 2-4: the stage keeps stride 1 and
-  dilates its 3x3 convolutions instead (the first block of the stage keeps the previous dilation),
-  which is how DeepLab reaches output stride 16 or 8 with the same weights.
+- `forward_features`: the outputs of layer1..layer4 (DeepLabV3+ takes layer1 and layer4);
+- `num_classes=None`: no avgpool/fc head;
 - `width`: the channels of the stem and of layer1's bottleneck (64 in every published ResNet);
-  every other width scales with it. Tests use 4 or 8 so a DeepLab trains in seconds on a CPU.
-  Only width 64 matches published weights.
+  every other width scales with it, so tests train a DeepLab in seconds on a CPU. torchvision's
+  builders fix 64, so a narrower network re-makes the stem and stages with torchvision's own
+  `_make_layer`. Only width 64 matches published weights.
+
+`replace_stride_with_dilation` is torchvision's: per stage 2-4 the stage keeps stride 1 and
+dilates its 3x3 convolutions instead, which is how DeepLab reaches output stride 16 or 8.
+Each block's last BatchNorm starts at zero (torchvision's `zero_init_residual=True`), so blocks
+start as identities when trained from scratch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torchvision import models
+from torchvision.models.resnet import Bottleneck
 
 from bgl.models.weights import find_weights_file, load_state_dict_file
 
@@ -30,76 +34,35 @@ RESNET_LAYERS: dict[int, tuple[int, int, int, int]] = {
     50: (3, 4, 6, 3),
     101: (3, 4, 23, 3),
 }
-#: torchvision's ImageNet checkpoints, newest recipe first (either loads: the layout is the same).
+#: torchvision's ImageNet weights, its default (newest recipe) first; either loads, the layout is
+#: the same. The first is the one downloaded when none is in the hub cache.
+RESNET_WEIGHTS: dict[int, tuple[models.WeightsEnum, ...]] = {
+    50: (models.ResNet50_Weights.IMAGENET1K_V2, models.ResNet50_Weights.IMAGENET1K_V1),
+    101: (models.ResNet101_Weights.IMAGENET1K_V2, models.ResNet101_Weights.IMAGENET1K_V1),
+}
+#: Their file names in the torch hub cache (`resnet50-11ad3fa6.pth`, ...).
 RESNET_WEIGHT_FILES: dict[int, tuple[str, ...]] = {
-    50: ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth"),
-    101: ("resnet101-cd907fc2.pth", "resnet101-63fe2227.pth"),
+    depth: tuple(w.url.rsplit("/", 1)[-1] for w in weights)
+    for depth, weights in RESNET_WEIGHTS.items()
 }
 #: ImageNet statistics the published weights were trained with (RGB in [0, 1]).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Stem width of every published ResNet.
+FULL_WIDTH = 64
 
 
-class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided and/or dilated), 1x1 expand (x4), plus the identity or projection.
-
-    The stride sits on the 3x3 convolution (torchvision's "ResNet v1.5"), as in its checkpoints.
-    """
-
-    expansion = 4
-
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        dilation: int = 1,
-    ) -> None:
-        super().__init__()
-        out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(
-            planes,
-            planes,
-            kernel_size=3,
-            stride=stride,
-            padding=dilation,
-            dilation=dilation,
-            bias=False,
-        )
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + identity)
-
-
-class ResNet(nn.Module):
-    """Bottleneck ResNet with torchvision's names; `num_classes=None` drops avgpool and fc.
-
-    `forward` classifies (needs the head); `forward_features` returns the maps of every stage,
-    which is what a dense-prediction head needs (DeepLabV3+ takes layer1 and layer4).
-    """
+class ResNet(models.ResNet):
+    """torchvision's Bottleneck ResNet with `forward_features`, an optional head and a `width`."""
 
     def __init__(
         self,
         layers: Sequence[int],
         *,
-        width: int = 64,
+        width: int = FULL_WIDTH,
         num_classes: int | None = 1000,
         replace_stride_with_dilation: Sequence[bool] = (False, False, False),
-        in_channels: int = 3,
     ) -> None:
-        super().__init__()
         if len(layers) != 4 or min(layers) < 1:
             raise ValueError(f"layers must be four positive block counts, got {tuple(layers)}")
         if width < 1:
@@ -109,57 +72,45 @@ class ResNet(nn.Module):
                 "replace_stride_with_dilation must have 3 entries (layer2, layer3, layer4), "
                 f"got {tuple(replace_stride_with_dilation)}"
             )
+        dilate = [bool(d) for d in replace_stride_with_dilation]
+        full = width == FULL_WIDTH
+        super().__init__(
+            Bottleneck,
+            list(layers) if full else [1, 1, 1, 1],  # a narrow net re-makes its stages below
+            num_classes=num_classes or 1000,
+            zero_init_residual=True,
+            replace_stride_with_dilation=dilate,
+        )
+        if not full:
+            self._narrow(layers, width, dilate)
         self.width = width
-        self.inplanes = width
-        self.dilation = 1
-        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        dilate = (False, *replace_stride_with_dilation)
-        self.layer1 = self._make_layer(width, layers[0], stride=1, dilate=dilate[0])
-        self.layer2 = self._make_layer(2 * width, layers[1], stride=2, dilate=dilate[1])
-        self.layer3 = self._make_layer(4 * width, layers[2], stride=2, dilate=dilate[2])
-        self.layer4 = self._make_layer(8 * width, layers[3], stride=2, dilate=dilate[3])
         #: channels of layer1..layer4 outputs
         self.channels: tuple[int, ...] = tuple(
             w * Bottleneck.expansion for w in (width, 2 * width, 4 * width, 8 * width)
         )
         self.num_classes = num_classes
-        if num_classes is not None:
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(self.channels[-1], num_classes)
-        self._init_weights()
+        if num_classes is None:
+            del self.avgpool, self.fc
 
-    def _make_layer(self, planes: int, blocks: int, stride: int, dilate: bool) -> nn.Sequential:
-        """One stage; with `dilate` the stride becomes dilation (torchvision's rule)."""
-        previous_dilation = self.dilation
-        if dilate:
-            self.dilation *= stride
-            stride = 1
-        out = planes * Bottleneck.expansion
-        downsample = None
-        if stride != 1 or self.inplanes != out:
-            downsample = nn.Sequential(
-                nn.Conv2d(self.inplanes, out, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out),
-            )
-        modules = [Bottleneck(self.inplanes, planes, stride, downsample, previous_dilation)]
-        self.inplanes = out
-        modules += [
-            Bottleneck(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)
-        ]
-        return nn.Sequential(*modules)
-
-    def _init_weights(self) -> None:
-        """He init for convs; each block's last BN starts at zero so blocks start as identities."""
-        for m in self.modules():
+    def _narrow(self, layers: Sequence[int], width: int, dilate: list[bool]) -> None:
+        """Re-make stem, stages and head at `width` with torchvision's `_make_layer` and init."""
+        self.inplanes, self.dilation = width, 1
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = self._norm_layer(width)
+        for i, blocks in enumerate(layers):
+            stage = self._make_layer(
+                Bottleneck, width * 2**i, blocks, stride=1 if i == 0 else 2,
+                dilate=False if i == 0 else dilate[i - 1],
+            )  # fmt: skip
+            setattr(self, f"layer{i + 1}", stage)
+        self.fc = nn.Linear(8 * width * Bottleneck.expansion, self.fc.out_features)
+        for m in self.modules():  # torchvision's ResNet initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for m in self.modules():
+        for m in self.modules():  # after the loop above, which visits a block before its bn3
             if isinstance(m, Bottleneck):
                 nn.init.zeros_(m.bn3.weight)
 
@@ -175,8 +126,7 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.num_classes is None:
             raise RuntimeError("this ResNet has no classifier head (num_classes=None)")
-        x = self.forward_features(x)[-1]
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+        return super().forward(x)
 
 
 def resnet(depth: int = 50, **kwargs: object) -> ResNet:
@@ -187,18 +137,18 @@ def resnet(depth: int = 50, **kwargs: object) -> ResNet:
 
 
 def resnet50(**kwargs: object) -> ResNet:
-    """ResNet-50 (torchvision `resnet50()` layout with the defaults)."""
+    """ResNet-50 (torchvision's `resnet50()` with the defaults)."""
     return resnet(50, **kwargs)
 
 
 def resnet101(**kwargs: object) -> ResNet:
-    """ResNet-101 (torchvision `resnet101()` layout with the defaults)."""
+    """ResNet-101 (torchvision's `resnet101()` with the defaults)."""
     return resnet(101, **kwargs)
 
 
 def resnet_weights_path(depth: int, path: str | os.PathLike[str] | None = None) -> str:
-    """The ImageNet checkpoint file for ResNet-`depth`: `path`, `$BGL_RESNET<depth>_WEIGHTS`, or
-    torchvision's file name in the torch hub cache."""
+    """The ImageNet checkpoint file for ResNet-`depth`: `path`, `$BGL_RESNET<depth>_WEIGHTS`,
+    torchvision's file in the torch hub cache, or that file downloaded (`bgl.models.weights`)."""
     if depth not in RESNET_WEIGHT_FILES:
         raise ValueError(f"depth must be one of {sorted(RESNET_WEIGHT_FILES)}, got {depth}")
     found = find_weights_file(
@@ -207,6 +157,7 @@ def resnet_weights_path(depth: int, path: str | os.PathLike[str] | None = None) 
         env=f"BGL_RESNET{depth}_WEIGHTS",
         what=f"ResNet-{depth} weights",
         source=f"torchvision ResNet{depth}_Weights",
+        url=RESNET_WEIGHTS[depth][0].url,
     )
     return str(found)
 

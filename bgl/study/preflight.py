@@ -3,8 +3,10 @@
 A study that cannot run should say why at once, not start Ray and wait silently (a trial asking
 for a GPU on a CPU machine waits forever), and not leave a folder behind that makes the next
 attempt demand `--resume`. Checked here: the results folder can be written; every data root
-exists and holds its dataset's layout (the first missing file named); the resources one trial
-asks for fit this machine (local Ray). On a cluster the resources are compared with the
+exists and holds its dataset's layout (the first missing file named); every task's pretrained
+weights are there or downloaded once, here, rather than by each trial (a full-size network left
+at random weights is warned about, naming the option); the resources one trial asks for fit this
+machine (local Ray). On a cluster the resources are compared with the
 cluster's once attached (`check_cluster_resources`): only a warning, since an autoscaler may
 still add the nodes.
 """
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 def preflight(study: StudyConfig, address: str | None) -> None:
     """Raise ConfigError (naming the key or the file) if `study` cannot run; see module doc."""
     check_writable(Path(study.output_dir))
-    for where, data in _data_configs(study):
+    runs = _run_configs(study)
+    for where, data in _data_configs(runs):
         check_data(data, where)
+    check_weights(runs)
     if not address:
         check_local_resources(study)
 
@@ -56,8 +60,29 @@ def check_data(data: DataConfig, where: str = "base") -> None:
         raise ConfigError(f"{where}.{exc}") from None
 
 
-def _data_configs(study: StudyConfig) -> list[tuple[str, DataConfig]]:
-    """Every distinct data config the study's trials will read, with where it comes from."""
+def check_weights(runs: list[tuple[str, RunConfig]]) -> None:
+    """Build each distinct task once: its weights file is found or downloaded now (an error names
+    the file), and a full-size network left at random weights is warned about."""
+    from bgl.models.weights import warn_random_init
+    from bgl.tasks import build_task
+
+    seen: set[str] = set()
+    for where, run in runs:
+        key = repr((run.task.name, sorted(run.task.options.items())))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            task = build_task(run.task.name, **run.task.options)
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a failed download
+            raise ConfigError(f"{where}.task.options: {exc}") from None
+        message = task.random_init_warning()
+        if message:
+            warn_random_init(f"{where}.{message}")
+
+
+def _run_configs(study: StudyConfig) -> list[tuple[str, RunConfig]]:
+    """Every trial configuration the study's preflight checks, with where it comes from."""
     runs: list[tuple[str, RunConfig]] = []
     if study.transfer is not None:
         for stage in ("source", "target"):
@@ -66,6 +91,11 @@ def _data_configs(study: StudyConfig) -> list[tuple[str, DataConfig]]:
                 runs.append((f"transfer.tasks.{trial.task}", run))
     else:
         runs.append(("base", study.trial_config({})))
+    return runs
+
+
+def _data_configs(runs: list[tuple[str, RunConfig]]) -> list[tuple[str, DataConfig]]:
+    """Every distinct data config the study's trials will read, with where it comes from."""
     seen: dict[tuple[Any, ...], tuple[str, DataConfig]] = {}
     for where, run in runs:
         seen.setdefault((run.data.name, run.data.root), (where, run.data))

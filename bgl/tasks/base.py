@@ -46,6 +46,12 @@ class Task(ABC):
     #: task from a training checkpoint sets them to None: the checkpoint holds every weight.
     weight_options: tuple[str, ...] = ()
 
+    def random_init_warning(self) -> str | None:
+        """Why G's backbone will start from random weights where the paper starts from
+        pretrained ones (a full-size network with its weights option off), naming the option;
+        None otherwise. The training loop and a study's preflight warn with it."""
+        return None
+
     @abstractmethod
     def build_lower(self) -> nn.Module:
         """A fresh task network G."""

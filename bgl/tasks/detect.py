@@ -23,7 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from bgl.metrics.detection import PRCurve, average_precision, pr_curve
-from bgl.models.dsfd import DSFD, INPUT_NORMS, DSFDOutput, detect, dsfd_loss, load_vgg16_weights
+from bgl.models.dsfd import (
+    DSFD,
+    INPUT_NORMS,
+    DSFDOutput,
+    detect,
+    dsfd_loss,
+    load_vgg16_weights,
+    vgg16_weights_path,
+)
 from bgl.tasks.base import Batch, Task, eval_mode
 
 
@@ -31,8 +39,9 @@ class DetectTask(Task):
     """Detection: G = DSFD (VGG16), L_G = multibox on F(raw), L_F = multibox (+ L1 to the RGB).
 
     Options: `width_mult` scales DSFD's channels (1: the published network; tests use ~1/8);
-    `pretrained` is a VGG16 weight file for G's backbone ("auto": $BGL_VGG16_WEIGHTS or the torch
-    hub cache; None: random init, the default, so nothing depends on files a machine may lack);
+    `pretrained` is a VGG16 weight file for G's backbone ("auto": $BGL_VGG16_WEIGHTS, the torch
+    hub cache, or torchvision's file downloaded there; None: random init, the default, so nothing
+    depends on files a machine may lack);
     `l1_weight` adds L1(F(raw), rgb) to L_F; `warm_l1_weight` adds it to the warm start (SID's
     own objective: F starts as a RAW->RGB renderer instead of being shaped by detection alone);
     `match_threshold`, `negpos_ratio` configure the loss, `score_threshold`, `nms_threshold`,
@@ -88,12 +97,26 @@ class DetectTask(Task):
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
         self.iou_threshold = float(iou_threshold)
+        # a missing weights file fails (or is downloaded) now, not when the first trial starts
+        self._weights_path: str | None = None
+        if pretrained is not None:
+            self._weights_path = vgg16_weights_path(None if pretrained == "auto" else pretrained)
+
+    def random_init_warning(self) -> str | None:
+        """The published DSFD (width_mult 1) without `pretrained`: its VGG16 starts at random."""
+        if self.pretrained is not None or self.width_mult != 1.0:
+            return None
+        return (
+            "task.options.pretrained is null: DSFD's VGG16 backbone starts from random weights, "
+            "not from ImageNet as in the paper; set task.options.pretrained: auto (torchvision's "
+            "file, downloaded once into the torch hub cache) or a VGG16 file's path"
+        )
 
     def build_lower(self) -> nn.Module:
         """A fresh DSFD G(x; θ), its VGG16 trunk loaded from `pretrained` when given."""
         model = DSFD(width_mult=self.width_mult, input_norm=self.input_norm)
-        if self.pretrained is not None:
-            load_vgg16_weights(model, None if self.pretrained == "auto" else self.pretrained)
+        if self._weights_path is not None:
+            load_vgg16_weights(model, self._weights_path)
         return model
 
     # -- shared pieces ---------------------------------------------------------------------------

@@ -67,9 +67,9 @@ class SegmentTask(Task):
     Options: `depth` 50 or 101 (the backbone), `width` (64: the published network; tests use
     4-8), `output_stride` 16 (or 8), `dropout` (ASPP, off; see the module docstring),
     `backbone_weights`: None (random init), a torchvision ImageNet ResNet checkpoint path, or
-    "auto" for torchvision's file in the torch hub cache (`$BGL_RESNET50_WEIGHTS` /
-    `$BGL_RESNET101_WEIGHTS` also work with "auto"). `warm_generator_weight` weighs an L1 term
-    on F in the warm start (see `warm_loss`).
+    "auto" for torchvision's file in the torch hub cache, downloaded there when missing
+    (`$BGL_RESNET50_WEIGHTS` / `$BGL_RESNET101_WEIGHTS` also work with "auto").
+    `warm_generator_weight` weighs an L1 term on F in the warm start (see `warm_loss`).
     """
 
     name = "segment"
@@ -102,8 +102,19 @@ class SegmentTask(Task):
         self.dropout = float(dropout)
         self.warm_generator_weight = float(warm_generator_weight)
         self.backbone_weights = backbone_weights
-        # a missing weights file fails now, not when the first trial starts
+        # a missing weights file fails (or is downloaded) now, not when the first trial starts
         self._weights_path = self._resolve_weights(backbone_weights)
+
+    def random_init_warning(self) -> str | None:
+        """The published width (64) without `backbone_weights`: the ResNet starts at random."""
+        if self.backbone_weights is not None or self.width != 64:
+            return None
+        return (
+            f"task.options.backbone_weights is null: DeepLabV3+'s ResNet-{self.depth} backbone "
+            "starts from random weights, not from ImageNet as in the paper; set "
+            "task.options.backbone_weights: auto (torchvision's file, downloaded once into the "
+            "torch hub cache) or a ResNet file's path"
+        )
 
     def _resolve_weights(self, weights: str | None) -> str | None:
         if weights is None:

@@ -33,6 +33,7 @@ from bgl.config import ModelConfig, RunConfig
 from bgl.data.splits import build_splits
 from bgl.data.stream import BatchStream, sequential_batches
 from bgl.models.generator import build_generator
+from bgl.models.weights import warn_random_init
 from bgl.results.provenance import git_commit, library_versions
 from bgl.solvers import BilevelProblem, Grads, Reduce, get_solver, identity_reduce
 from bgl.solvers.problem import grad_disabled, grads, loss_pass, upper_output
@@ -89,6 +90,9 @@ class Trainer:
         if self.frozen:  # no graph through F: its passes cost a forward only
             self.upper.requires_grad_(False)
         self.lower: nn.Module = self.task.build_lower().to(self.device)
+        random_init = self.task.random_init_warning()
+        if random_init and rank == 0:
+            warn_random_init(random_init)
         self.problem = BilevelProblem(
             self.upper,
             self.lower,
