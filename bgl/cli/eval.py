@@ -279,8 +279,8 @@ def run_eval_enhance(args: argparse.Namespace, console: Console | None = None) -
         for name in names
     ]
     method = f"{cfg.name} ({cfg.solver.name.upper()})"
-    width = None if getattr(args, "wide", False) else console.width
-    for table in row_tables(title, method, cells, width):
+    columns = None if getattr(args, "wide", False) else console.width
+    for table in row_tables(title, method, cells, columns):
         console.print(table)
     for name, reason in skipped.items():
         console.print(f"[yellow]{get_metric(name).label} n/a:[/yellow] {reason}")
@@ -403,8 +403,8 @@ def run_eval_segment(args: argparse.Namespace, console: Console | None = None) -
     ]
     cells.append(("mIoU", f"{100 * results['miou']:.1f}"))
     method = f"{cfg.name} ({cfg.solver.name.upper()})"
-    width = None if getattr(args, "wide", False) else console.width
-    for table in row_tables(title, method, cells, width):
+    columns = None if getattr(args, "wide", False) else console.width
+    for table in row_tables(title, method, cells, columns):
         console.print(table)
     console.print(
         "IoU in %; "

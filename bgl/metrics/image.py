@@ -8,10 +8,9 @@ their error and is not the mean of per-image PSNRs).
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import (
-    peak_signal_noise_ratio,
-    structural_similarity_index_measure,
-)
+
+# torchmetrics is imported where it is used: its package imports torchvision, torch._dynamo and
+# scipy.signal (seconds), which a study's driver and preflight have no use for
 
 #: SSIM Gaussian window (Wang et al. 2004): sigma 1.5, truncated at 3.5 sigma -> 11x11.
 SSIM_SIGMA = 1.5
@@ -38,6 +37,8 @@ def _check(pred: torch.Tensor, target: torch.Tensor, min_size: int = 1) -> None:
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """PSNR in dB of each image, shape (B,); inf for an image identical to its target."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     _check(pred, target)
     return peak_signal_noise_ratio(
         pred.float() if not pred.is_floating_point() else pred,
@@ -57,6 +58,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> t
     `skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False)`. Images must be at least 11x11.
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     _check(pred, target, min_size=SSIM_KERNEL)
     pred = pred if pred.is_floating_point() else pred.float()
     target = target if target.is_floating_point() else target.float()

@@ -21,19 +21,31 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
-import lpips as lpips_package
 import torch
 from torch import nn
-from torchvision.models import AlexNet_Weights
 
 from bgl.metrics._validate import check_images
 from bgl.models.weights import find_weights_file, load_state_dict_file
 
-#: torchvision's AlexNet ImageNet weights (downloaded when no file is found).
-ALEXNET_WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
-#: Its file name, then the pre-0.4 torchvision name of the same network.
-ALEXNET_FILES = (ALEXNET_WEIGHTS.url.rsplit("/", 1)[-1], "alexnet-owt-4df8aa71.pth")
+# The lpips package and torchvision are imported where they are used (seconds of imports that
+# every user of the metric registry would otherwise pay). Module attributes, computed on use:
+#: ALEXNET_WEIGHTS: torchvision's AlexNet ImageNet weights (downloaded when no file is found);
+#: ALEXNET_FILES: its file name, then the pre-0.4 torchvision name of the same network.
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ALEXNET_WEIGHTS":
+        from torchvision.models import AlexNet_Weights
+
+        return AlexNet_Weights.IMAGENET1K_V1
+    if name == "ALEXNET_FILES":
+        url = __getattr__("ALEXNET_WEIGHTS").url
+        return (url.rsplit("/", 1)[-1], "alexnet-owt-4df8aa71.pth")
+    raise AttributeError(name)
+
+
 #: Environment variable naming the AlexNet checkpoint file.
 ALEXNET_ENV = "BGL_ALEXNET_WEIGHTS"
 #: Smallest input side for which AlexNet's three max-pools still have a window to pool.
@@ -42,13 +54,14 @@ MIN_SIZE = 31
 
 def alexnet_weights_path(path: str | os.PathLike[str] | None = None) -> Path:
     """The AlexNet checkpoint: `path`, $BGL_ALEXNET_WEIGHTS, the torch hub cache, or a download."""
+    url = __getattr__("ALEXNET_WEIGHTS").url
     return find_weights_file(
-        ALEXNET_FILES,
+        __getattr__("ALEXNET_FILES"),
         path,
         env=ALEXNET_ENV,
         what="LPIPS AlexNet backbone (torchvision ImageNet weights)",
-        source=f"torchvision's ImageNet AlexNet, {ALEXNET_WEIGHTS.url}",
-        url=ALEXNET_WEIGHTS.url,
+        source=f"torchvision's ImageNet AlexNet, {url}",
+        url=url,
     )
 
 
@@ -56,6 +69,8 @@ def build_lpips(alexnet: str | os.PathLike[str] | None = None) -> nn.Module:
     """`lpips.LPIPS(net="alex", version="0.1")` with its trunk loaded from the AlexNet checkpoint
     (see `alexnet_weights_path`) and its linear layers from the wheel; eval mode, no gradients.
     """
+    import lpips as lpips_package
+
     path = alexnet_weights_path(alexnet)
     trunk = load_state_dict_file(path, prefix="features.")
     with warnings.catch_warnings():  # lpips 0.1.4 calls torchvision's deprecated `pretrained=`

@@ -10,7 +10,6 @@ reference code is run on (`rgb2gray`, and piq's `vif_p`). Computed in float64.
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional.image import visual_information_fidelity
 
 from bgl.metrics._validate import check_images
 
@@ -37,4 +36,6 @@ def vif(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     check_images("vif", pred, target, min_size=(MIN_SIZE, MIN_SIZE))
     p = luma(pred.to(torch.float64)) * 255.0
     t = luma(target.to(torch.float64)) * 255.0
+    from torchmetrics.functional.image import visual_information_fidelity  # seconds: on use
+
     return visual_information_fidelity(p, t, sigma_n_sq=SIGMA_N_SQ, reduction="none")

@@ -23,6 +23,13 @@ from bgl.study.schema import StudyConfig
 log = logging.getLogger(__name__)
 
 TUNE_DIR = "tune"
+#: Ray Train settings of a local instance (the user's environment wins): a finished worker
+#: group is noticed within 0.25 s instead of 2 s, and no preemption-watcher actor (a process
+#: of its own per trial, for spot nodes a laptop does not have) competes for the CPUs
+LOCAL_RAY_TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
 
 
 def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | None = None) -> bool:
@@ -44,6 +51,8 @@ def init_ray(address: str | None, *, dashboard: bool = False, num_cpus: int | No
         ray.init(address=address, log_to_driver=False)
         return True
     os.environ.pop("RAY_ADDRESS", None)  # a set RAY_ADDRESS would attach instead of starting
+    for key, value in LOCAL_RAY_TRAIN_ENV.items():  # inherited by the instance's processes
+        os.environ.setdefault(key, value)
     ray.init(
         address="local",
         num_cpus=num_cpus,

@@ -189,6 +189,10 @@ def _tune_config(study: StudyConfig, num_samples: int, target: int | None) -> An
         num_samples=num_samples,
         # a searcher limits concurrency itself (StudySearch: resume-safe)
         max_concurrent_trials=study.resources.max_concurrent_trials if grid else None,
+        # a trial process that ended hosts the next trial: no new process, no second import of
+        # torch, torchmetrics and torchvision (seconds per trial; every trial asks the same
+        # resources, and each seeds and builds everything it uses anew)
+        reuse_actors=True,
     )
 
 
