@@ -234,3 +234,18 @@ def test_fit_table_keeps_rank_0_and_folds_rather_than_cuts() -> None:
         "param.optim.upper_lr": "lr_F",
     }
     assert short_names(["param.a.k", "param.b.k"]) == {"param.a.k": "a.k", "param.b.k": "b.k"}
+
+
+def test_study_run_wide_reaches_the_live_table(tmp_path: Path) -> None:
+    """`bgl study run --wide` passes live="wide" down to the callbacks."""
+    from bgl.study.experiment import _callbacks
+    from bgl.study.schema import parse_study
+
+    study = parse_study({"name": "s", "output_dir": str(tmp_path), "search": {"num_samples": 1}})
+
+    def tables(live: object) -> list[LiveTable]:
+        return [c for c in _callbacks(study, live) if isinstance(c, LiveTable)]
+
+    assert [t.wide for t in tables("wide")] == [True]
+    assert [t.wide for t in tables(True)] == [False]
+    assert tables(False) == []

@@ -151,12 +151,12 @@ def test_trackers_pickle_by_name_and_make_paths_absolute(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     from ray import cloudpickle
 
-    from bgl.study import experiment
+    from bgl.study import trackers
 
     monkeypatch.chdir(tmp_path)
     study = _parse({"mlflow": {"tracking_uri": "file:rel/mlruns"}, "wandb": {"dir": "wb"}})
-    mlflow_cb = experiment.tracker_class("MLflowTracker")(study, **study.logging.mlflow)
-    wandb_cb = experiment.tracker_class("WandbTracker")(study, **study.logging.wandb)
+    mlflow_cb = trackers.tracker_class("MLflowTracker")(study, **study.logging.mlflow)
+    wandb_cb = trackers.tracker_class("WandbTracker")(study, **study.logging.wandb)
     assert mlflow_cb.tracking_uri == (tmp_path / "rel" / "mlruns").as_uri()
     assert wandb_cb.kwargs["dir"] == str(tmp_path / "wb")
     assert set(BGL_KEYS) <= set(wandb_cb.excludes)
@@ -165,7 +165,7 @@ def test_trackers_pickle_by_name_and_make_paths_absolute(tmp_path, monkeypatch):
         back = cloudpickle.loads(cloudpickle.dumps(cb))  # as Tune stores them
         assert type(back) is type(cb) and back.study.name == "s"
     for uri in ("sqlite:///x.db", "http://host:5000", "databricks", "file:///abs/m"):
-        assert experiment._absolute_store(uri) == uri
+        assert trackers._absolute_store(uri) == uri
 
 
 def test_accepted_keys_are_the_callbacks_and_wandb_init_keywords():

@@ -185,25 +185,19 @@ def solver_run(study: Any, solver: str, cfg: GpuBenchConfig) -> Any:
 def measure_step(run: Any, cfg: GpuBenchConfig, data: Any) -> dict[str, Any]:
     """One (task, solver): a Trainer on one fixed train and one fixed val batch of `data`; the
     solver benchmark's `measure_steps` (synchronised, peak reset after the warm-up)."""
-    import itertools
-
     import torch
 
-    from bgl.bench.solvers import PRODUCTS_KEY, held_tensor_bytes, measure_steps
+    from bgl.bench.solvers import (
+        PRODUCTS_KEY,
+        held_tensor_bytes,
+        repeat_one_batch,
+        timed_bilevel_steps,
+    )
     from bgl.train.loop import Trainer
 
     trainer = Trainer(run, splits={"train": data, "val": data, "test": data})
-    train_batch, val_batch = next(trainer.train_stream), next(trainer.val_stream)
-    trainer.train_stream = itertools.repeat(train_batch)
-    trainer.val_stream = itertools.repeat(val_batch)
-    lr = trainer.cfg.optim.lower_lr
-    infos: list[dict[str, float]] = []
-    m = measure_steps(
-        lambda: infos.append(trainer.bilevel_step(lr)),
-        trainer.device,
-        repeats=cfg.repeats,
-        warmup=cfg.warmup,
-    )
+    train_batch, val_batch = repeat_one_batch(trainer)
+    m, infos = timed_bilevel_steps(trainer, cfg.repeats, cfg.warmup)
     held = held_tensor_bytes(
         [trainer.upper, trainer.lower],
         [trainer.upper_opt, trainer.lower_opt],

@@ -345,8 +345,6 @@ def fixed_batch_trainer(run_dict: dict[str, Any], **trainer_kwargs: Any) -> tupl
 
     Fixed batches: a benchmark measures the step, not the loader.
     """
-    import itertools
-
     from bgl.config import from_dict
     from bgl.data.synthetic import SyntheticLowLight
     from bgl.train.loop import Trainer
@@ -355,10 +353,31 @@ def fixed_batch_trainer(run_dict: dict[str, Any], **trainer_kwargs: Any) -> tupl
     world = trainer_kwargs.get("world", 1)
     data = SyntheticLowLight(2 * run.data.batch_size * world, size=run.data.crop, seed=0)
     trainer = Trainer(run, splits={"train": data, "val": data, "test": data}, **trainer_kwargs)
+    return (trainer, *repeat_one_batch(trainer))
+
+
+def repeat_one_batch(trainer: Any) -> tuple[dict, dict]:
+    """Make the trainer's streams repeat their first train and val batches forever; those two."""
+    import itertools
+
     train_batch, val_batch = next(trainer.train_stream), next(trainer.val_stream)
     trainer.train_stream = itertools.repeat(train_batch)
     trainer.val_stream = itertools.repeat(val_batch)
-    return trainer, train_batch, val_batch
+    return train_batch, val_batch
+
+
+def timed_bilevel_steps(trainer: Any, repeats: int, warmup: int) -> tuple[Any, list[dict]]:
+    """`measure_steps` over the trainer's bilevel steps at its lower lr; (measurement, the
+    steps' info dicts, warm-up included)."""
+    lr = trainer.cfg.optim.lower_lr
+    infos: list[dict[str, float]] = []
+    m = measure_steps(
+        lambda: infos.append(trainer.bilevel_step(lr)),
+        trainer.device,
+        repeats=repeats,
+        warmup=warmup,
+    )
+    return m, infos
 
 
 def _child(cfg: SolverBenchConfig, solver: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -370,14 +389,7 @@ def _child(cfg: SolverBenchConfig, solver: str, settings: dict[str, Any]) -> dic
         torch.set_num_threads(cfg.threads)
     run = bench_run_config(cfg, solver, settings)
     trainer, train_batch, val_batch = fixed_batch_trainer(run)
-    lr = trainer.cfg.optim.lower_lr
-    infos: list[dict[str, float]] = []
-    m = measure_steps(
-        lambda: infos.append(trainer.bilevel_step(lr)),
-        trainer.device,
-        repeats=cfg.repeats,
-        warmup=cfg.warmup,
-    )
+    m, infos = timed_bilevel_steps(trainer, cfg.repeats, cfg.warmup)
     products = [i[PRODUCTS_KEY] for i in infos[cfg.warmup :] if PRODUCTS_KEY in i]
     return {
         "solver": solver,

@@ -35,6 +35,9 @@ def add_study_command(subparsers: Any) -> None:
     add_set_argument(s, "a study key, e.g. --set search.num_samples=12")
     s.add_argument("--no-live", action="store_true", help="no live trial table")
     s.add_argument(
+        "--wide", action="store_true", help="the live table with every column at full names"
+    )
+    s.add_argument(
         "--dashboard", action="store_true", help="local mode: Ray dashboard on 127.0.0.1"
     )
     s.set_defaults(func=study_run_command)
@@ -58,7 +61,7 @@ def study_run_command(args: argparse.Namespace) -> int:
         address=args.address,
         resume=args.resume,
         extend=args.extend,
-        live=not args.no_live,
+        live=False if args.no_live else ("wide" if args.wide else True),
         dashboard=args.dashboard,
     )
     show = "show transfer" if study.transfer is not None else "show"

@@ -13,16 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from bgl.solvers.health import combine_terms
-from bgl.solvers.naive import naive_hypergradient
-from bgl.solvers.problem import (
-    BilevelProblem,
-    Grads,
-    Reduce,
-    grad_disabled,
-    grads,
-    identity_reduce,
-    preserved_state,
-)
+from bgl.solvers.problem import BilevelProblem, Grads, Reduce, identity_reduce, upper_gradient
 
 
 def joint_gradient(
@@ -39,13 +30,8 @@ def joint_gradient(
     ‖h − ∇ωL_F‖ / ‖∇ωL_F‖: how far end-to-end learning moves ω from the upper objective's own
     direction (one more pass of F and G, only when asked for)."""
     reduce = reduce or identity_reduce
-    omega = problem.upper_params()
-    with (
-        grad_disabled(problem.lower_params()),
-        preserved_state(problem.upper, problem.lower, params=False),
-    ):
-        h = grads(problem.end_to_end_loss(problem.upper, problem.lower, train_batch), omega)
+    h = upper_gradient(problem, problem.end_to_end_loss, train_batch)
     if diagnostics is None:
         return reduce(h)
-    direct = naive_hypergradient(problem, None, val_batch)
+    direct = upper_gradient(problem, problem.upper_loss, val_batch)
     return combine_terms(direct, [a - b for a, b in zip(h, direct)], reduce, diagnostics)

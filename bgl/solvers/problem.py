@@ -230,6 +230,16 @@ def preserved_state(*modules: nn.Module, params: bool = True) -> Iterator[None]:
                 t.copy_(s)
 
 
+def upper_gradient(problem: BilevelProblem, loss_fn: LossFn, batch: Any) -> Grads:
+    """∇ω of `loss_fn(F, G, batch)` with θ frozen for the pass and no module state changed
+    (BatchNorm running statistics are kept)."""
+    with (
+        grad_disabled(problem.lower_params()),
+        preserved_state(problem.upper, problem.lower, params=False),
+    ):
+        return grads(loss_fn(problem.upper, problem.lower, batch), problem.upper_params())
+
+
 def set_params(params: Sequence[torch.Tensor], values: Sequence[torch.Tensor]) -> None:
     """Overwrite parameter values in place (callers restore them via `preserved_state`)."""
     with torch.no_grad():

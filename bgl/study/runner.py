@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from bgl.config import ConfigError
-from bgl.study.experiment import TUNE_DIR, fit_experiment, ray_session
+from bgl.study.experiment import TUNE_DIR, Live, fit_experiment, ray_session
 from bgl.study.journal import driver_lock
 from bgl.study.plan import Plan, read_plan, write_plan
 from bgl.study.preflight import preflight
@@ -54,7 +54,7 @@ def run_study(
     address: str | None = None,
     resume: bool = False,
     extend: int | None = None,
-    live: bool = True,
+    live: Live = True,
     dashboard: bool = False,
 ) -> Path:
     """Run, resume, or extend (`extend` more trials) a study; returns the study folder.
@@ -103,7 +103,7 @@ def run_study(
     return study.study_dir
 
 
-def _resume(study: StudyConfig, live: bool) -> None:
+def _resume(study: StudyConfig, live: Live) -> None:
     """Restore the study's last Tune experiment, then run what it could not (see reconcile)."""
     plan = read_plan(study)
     last = study.study_dir / plan.experiments[-1]
@@ -126,7 +126,7 @@ def _resume(study: StudyConfig, live: bool) -> None:
         _fit_new(study, name, remaining, plan.target, live)
 
 
-def _extend(study: StudyConfig, extra: int, live: bool) -> None:
+def _extend(study: StudyConfig, extra: int, live: Live) -> None:
     """More trials on the same Optuna study (the sampler learns from every earlier trial)."""
     plan = read_plan(study)
     rec = reconcile(study, study.study_dir / plan.experiments[-1])
@@ -153,7 +153,7 @@ def _next_name(study: StudyConfig, plan: Plan, kind: str) -> str:
 
 
 def _fit_new(
-    study: StudyConfig, name: str, num_samples: int, target: int | None, live: bool
+    study: StudyConfig, name: str, num_samples: int, target: int | None, live: Live
 ) -> None:
     fit_experiment(
         study,

@@ -38,11 +38,14 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgl.config import ConfigError, RunConfig
 from bgl.study.design import STAGES, TransferSpec, generator_path
 from bgl.study.schema import StudyConfig
+
+if TYPE_CHECKING:
+    from bgl.study.experiment import Live
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def run_transfer(
     *,
     address: str | None = None,
     resume: bool = False,
-    live: bool = True,
+    live: Live = True,
     dashboard: bool = False,
 ) -> Path:
     """Stage 1 then stage 2, each a Tune experiment in the study folder; returns the folder."""
@@ -102,7 +105,7 @@ def run_transfer(
 
 
 def _run_stage(
-    study: StudyConfig, spec: TransferSpec, stage: str, *, resume: bool, live: bool
+    study: StudyConfig, spec: TransferSpec, stage: str, *, resume: bool, live: Live
 ) -> None:
     from ray import tune
 
