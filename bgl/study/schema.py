@@ -398,11 +398,13 @@ def _check_mlflow(block: dict[str, Any], study_name: str) -> dict[str, Any]:
             "write e.g. `tracking_uri: file:results/mlruns` (a local file store), "
             "`sqlite:///results/mlflow.db` or `http://host:5000` (a tracking server)"
         )
-    for name in ("experiment_name", "registry_uri", "tracking_token"):
-        if block.get(name) is not None and not isinstance(block[name], str):
-            raise ConfigError(f"{key}.{name}: expected a string, got {block[name]!r}")
-    if block.get("tags") is not None and not isinstance(block["tags"], dict):
-        raise ConfigError(f"{key}.tags: expected a mapping of tag names to values")
+    _check_types(
+        block,
+        key,
+        ("experiment_name", "registry_uri", "tracking_token"),
+        "tags",
+        "tag names to values",
+    )
     out = dict(block)
     out["experiment_name"] = block.get("experiment_name") or study_name
     return out
@@ -430,15 +432,29 @@ def _check_wandb(block: dict[str, Any], study_name: str) -> dict[str, Any]:
             f"{key}.mode: must be one of {', '.join(WANDB_MODES)} (offline: no account, "
             f"`wandb sync` later), got {mode!r}"
         )
-    for name in ("project", "group", "entity", "dir", "api_key_file"):
-        if block.get(name) is not None and not isinstance(block[name], str):
-            raise ConfigError(f"{key}.{name}: expected a string, got {block[name]!r}")
-    if block.get("settings") is not None and not isinstance(block["settings"], dict):
-        raise ConfigError(f"{key}.settings: expected a mapping of wandb.Settings fields")
+    _check_types(
+        block,
+        key,
+        ("project", "group", "entity", "dir", "api_key_file"),
+        "settings",
+        "wandb.Settings fields",
+    )
     out = dict(block)
     out["project"] = block.get("project") or study_name
     out["group"] = block.get("group") or study_name
     return out
+
+
+def _check_types(
+    block: dict[str, Any], key: str, strings: tuple[str, ...], mapping: str, of_what: str
+) -> None:
+    """A tracker block's string-valued keys are strings and its `mapping` key is a mapping (of
+    `of_what`), where given."""
+    for name in strings:
+        if block.get(name) is not None and not isinstance(block[name], str):
+            raise ConfigError(f"{key}.{name}: expected a string, got {block[name]!r}")
+    if block.get(mapping) is not None and not isinstance(block[mapping], dict):
+        raise ConfigError(f"{key}.{mapping}: expected a mapping of {of_what}")
 
 
 def _check_paths_exist(study: StudyConfig) -> None:
