@@ -17,6 +17,7 @@ import yaml
 
 from bgl.raw.colour import RAW_SPACES
 from bgl.raw.noise import NOISE_MODELS
+from bgl.raw.tone import GENERATOR_RESIDUALS
 from bgl.solvers import SOLVER_NAMES, check_settings
 
 
@@ -33,6 +34,8 @@ class TaskConfig:
 @dataclass
 class ModelConfig:
     generator_width: int = 32  # SID uses 32; tests use 8
+    # F = U-Net (none, SID) or classical development + U-Net (develop: bgl.models.generator)
+    generator_residual: str = "none"
     # start F from a training checkpoint's generator (`upper`), e.g. a transfer study's stage 1
     generator_checkpoint: str | None = None
     # keep that F fixed: no upper steps, no hypergradients; only θ trains (Table 3's transfer)
@@ -154,6 +157,11 @@ def validate(cfg: RunConfig) -> None:
             "a positive multiple of 32 (the packed RAW must pass 4 U-Net poolings)",
         ),
         ("model.generator_width", cfg.model.generator_width >= 1, "at least 1"),
+        (
+            "model.generator_residual",
+            cfg.model.generator_residual in GENERATOR_RESIDUALS,
+            f"one of {', '.join(GENERATOR_RESIDUALS)} (develop: classical development + U-Net)",
+        ),
         (
             "model.freeze_generator",
             not cfg.model.freeze_generator or bool(cfg.model.generator_checkpoint),

@@ -15,6 +15,10 @@ gets the file's canonical RAW (:mod:`bgl.raw.colour`): the packed frame is norma
 and clipped in camera space as training data are, then white-balanced with the file's as-shot
 gains and mapped to sRGB primaries with its colour matrix.
 
+Layouts: F is trained on RGGB mosaics, so a GRBG, GBRG or BGGR frame is cropped to start on a
+red site (:func:`bgl.raw.bayer.unify_to_rggb`), developed, and padded back by one replicated
+row and/or column; the output keeps the frame's size and lines up with the scene pixel for pixel.
+
 Output: the camera's orientation flag is applied (portrait shots come out upright), then an 8- or
 16-bit PNG is written. ``compare`` also writes bgl's rendering beside LibRaw's own development of
 the file at the same exposure (:func:`compare_with_libraw`), so colour, tone and detail can be
@@ -38,6 +42,7 @@ from torch import nn
 from bgl.models.enhance import IlluminationNet
 from bgl.models.generator import MULTIPLE, GenerativeBlock
 from bgl.models.weights import NotACheckpointError, read_torch_file
+from bgl.raw.bayer import unify_to_rggb
 from bgl.raw.colour import RAW_SPACES
 from bgl.raw.tone import reexpose
 from bgl.raw.unprocess import DEFAULT_RATIO_RANGE
@@ -152,7 +157,8 @@ def load_models(
             f"{trained_space!r}"
         )
     space = raw_space or trained_space or "camera"
-    upper = GenerativeBlock(width=inferred, in_channels=int(first.shape[1]))
+    residual = (config.get("model") or {}).get("generator_residual") or "none"
+    upper = GenerativeBlock(width=inferred, in_channels=int(first.shape[1]), residual=residual)
     _load_state(upper, upper_state, path, "generative block")
     lower = None
     if enhance:
@@ -430,6 +436,8 @@ def develop_file(
     if not ratio > 0:
         raise ValueError(f"ratio must be positive; got {ratio}")
     packed = torch.from_numpy(frame.canonical(ratio) if canonical else frame.normalized(ratio))
+    # F was trained on RGGB mosaics: develop the RGGB-aligned crop and pad it back into place
+    packed, (r0, c0) = unify_to_rggb(packed, frame.pattern)
     scale = models.input_scale
     if scale is not None:  # F develops the short exposure; G (or re-exposure) brightens it
         packed = packed * scale
@@ -448,6 +456,7 @@ def develop_file(
         device=dev,
         reexposure=None if scale is None else 1.0 / scale,
     )
+    rgb = torch.nn.functional.pad(rgb[None], (c0, c0, r0, r0), mode="replicate")[0]
     image = rgb.permute(1, 2, 0).numpy()
     scale = 255.0 if bits == 8 else 65535.0
     dtype = np.uint8 if bits == 8 else np.uint16

@@ -124,3 +124,53 @@ def test_odd_rgb_raises_and_bad_pattern_raises() -> None:
         pack(torch.zeros(1, 1, 4, 4), "RGBG")
     with pytest.raises(ValueError, match="pattern"):
         channel_offsets("XTRANS")
+
+
+def test_bilinear_demosaic_matches_opencv_in_the_interior():
+    """OpenCV's bilinear Bayer conversion is the independent reference (its BayerRGGB names the
+    same RGGB tile); borders differ by design (bgl mirrors, OpenCV replicates)."""
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    from bgl.raw.bayer import bilinear_demosaic
+
+    packed = torch.rand(1, 4, 12, 14, generator=torch.Generator().manual_seed(0))
+    ours = bilinear_demosaic(packed.double())[0].permute(1, 2, 0).numpy()
+    mosaic = (unpack(packed)[0, 0].numpy() * 65535).round().astype(np.uint16)
+    theirs = cv2.cvtColor(mosaic, cv2.COLOR_BayerRGGB2RGB).astype(np.float64) / 65535
+    assert np.abs(ours[2:-2, 2:-2] - theirs[2:-2, 2:-2]).max() < 1e-4
+
+
+def test_bilinear_demosaic_keeps_samples_and_is_exact_on_flat_and_linear_images():
+    from bgl.raw.bayer import bilinear_demosaic
+
+    # samples are kept at their own sites
+    packed = torch.rand(2, 4, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    rgb = bilinear_demosaic(packed)
+    assert rgb.shape == (2, 3, 12, 16)
+    assert torch.equal(mosaic_rgb(rgb, "RGGB"), packed)
+    # a flat colour comes back exactly, borders included (mirroring keeps the CFA parity)
+    colour = torch.tensor([0.2, 0.5, 0.7], dtype=torch.float64)
+    flat = colour[None, :, None, None].expand(1, 3, 10, 12)
+    assert torch.allclose(bilinear_demosaic(mosaic_rgb(flat)), flat, atol=1e-12)
+    # a horizontal ramp is reproduced exactly away from the borders (bilinear is exact on it)
+    ramp = torch.linspace(0, 1, 16, dtype=torch.float64)[None, None, None].expand(1, 3, 12, 16)
+    out = bilinear_demosaic(mosaic_rgb(ramp.contiguous()))
+    assert torch.allclose(out[..., 1:-1, 1:-1], ramp[..., 1:-1, 1:-1], atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(B,4,h,w\)"):
+        bilinear_demosaic(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("pattern", ALL)
+def test_unify_to_rggb_equals_packing_the_cropped_mosaic(pattern):
+    """Against the definition: crop the mosaic to start on its red site, pack it as RGGB."""
+    from bgl.raw.bayer import unify_to_rggb
+
+    mosaic = torch.arange(8 * 10, dtype=torch.float32).reshape(1, 8, 10)
+    unified, (r0, c0) = unify_to_rggb(pack(mosaic, pattern)[0], pattern)
+    assert (r0, c0) == channel_offsets(pattern)[0]
+    crop = mosaic[:, r0 : r0 + 8 - 2 * r0, c0 : c0 + 10 - 2 * c0]
+    assert torch.equal(unified, pack(crop, "RGGB")[0])
+    assert unified.shape == (4, 4 - r0, 5 - c0)
+    with pytest.raises(ValueError, match="too small"):
+        unify_to_rggb(torch.zeros(4, 1, 1), "BGGR")

@@ -166,3 +166,24 @@ def test_illumination_rejects_bad_options() -> None:
         IlluminationNet(min_illumination=0.0)
     with pytest.raises(ValueError):
         IlluminationNet(width=8)(torch.rand(1, 4, 8, 8))
+
+
+def test_develop_residual_starts_as_the_classical_development_and_then_learns() -> None:
+    from bgl.raw.tone import classical_development
+
+    torch.manual_seed(0)
+    block = build_generator(4, residual="develop")
+    z = torch.rand(2, 4, 10, 13)  # not a multiple of 16: padded for the U-Net, not for D
+    assert torch.equal(block(z), classical_development(z))
+    # the zero-initialised head still learns, and then the U-Net's correction shows
+    loss = (block(z) - 0.5).abs().mean()
+    loss.backward()
+    assert block.head.weight.grad is not None and block.head.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        block.head.bias += 0.1
+    assert torch.allclose(block(z), classical_development(z) + 0.1, atol=1e-6)
+    # the plain U-Net is SID's: no skip, a non-zero head
+    plain = build_generator(4)
+    assert plain.residual == "none" and plain.head.weight.abs().sum() > 0
+    with pytest.raises(ValueError, match="residual must be one of none, develop"):
+        GenerativeBlock(4, residual="isp")

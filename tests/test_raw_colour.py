@@ -37,6 +37,7 @@ from bgl.raw.unprocess import (
     random_ccm,
     rgb2cam_from_xyz2cam,
     synthesize_low_light,
+    unprocess,
 )
 from tests.conftest import tiny_config_dict
 
@@ -285,3 +286,19 @@ def test_unprocessed_datasets_take_raw_space_from_the_config(tmp_path):
     assert 0 <= canon["raw"].min() and canon["raw"].max() <= 1
     with pytest.raises(ValueError, match="raw_space"):
         SyntheticLowLight(2, size=32, raw_space="srgb")
+
+
+def test_classical_development_of_the_canonical_raw_inverts_unprocessing():
+    """sRGB -> unprocess (a random camera) -> canonical RAW -> classical development is the
+    identity on flat patches (where bilinear demosaicing is exact), whatever the camera."""
+    from bgl.raw.tone import classical_development
+
+    g = torch.Generator().manual_seed(3)
+    colours = torch.rand(6, 3, generator=g, dtype=torch.float64) * 0.8 + 0.1
+    rgb = colours[:, :, None, None].expand(6, 3, 8, 8).contiguous()
+    raw, camera = unprocess(rgb, g)
+    gains = torch.stack(
+        [camera["red_gain"], torch.ones_like(camera["red_gain"]), camera["blue_gain"]], dim=1
+    ) * camera["rgb_gain"][:, None]
+    canonical = canonical_packed(raw, gains, camera["cam2rgb"])
+    assert torch.allclose(classical_development(canonical), rgb, atol=1e-6)

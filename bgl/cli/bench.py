@@ -115,6 +115,19 @@ def add_bench_commands(subparsers: Any) -> None:
     )
     add_output_dir(b)
     b.set_defaults(func=_bench_coupling)
+    b = bsub.add_parser(
+        "cameras", help="bgl develop vs LibRaw on test DNGs of four cameras and CFA layouts"
+    )
+    b.add_argument(
+        "checkpoints",
+        nargs="+",
+        metavar="[LABEL=]CHECKPOINT",
+        help="trained blocks to compare (a label defaults to the run folder's name)",
+    )
+    b.add_argument("--save", default=None, help="keep the bgl | LibRaw side-by-side PNGs here")
+    b.add_argument("--seed", type=int, default=0, help="noise seed of the test files")
+    add_output_dir(b)
+    b.set_defaults(func=_bench_cameras)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
     b.add_argument("--device", default="cpu", help="cpu, or cuda for the paper-size GPU suite")
     b.add_argument("--threads", type=int, default=1, help="torch threads per measurement")
@@ -326,6 +339,26 @@ def _bench_faults(args: argparse.Namespace) -> int:
 
         path = replace_block(args.readme, README_START, README_END, render_markdown(rows))
         console.print(f"rewrote the kill-and-resume block of {path}")
+    return 0
+
+
+def _bench_cameras(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bgl.bench.cameras import print_table, run_cameras_bench
+
+    checkpoints: dict[str, str] = {}
+    for item in args.checkpoints:
+        label, _, path = item.rpartition("=")
+        label = label or Path(path).parent.name or Path(path).stem
+        if not Path(path).is_file():
+            error(f"checkpoint not found: {path}")
+            return 2
+        checkpoints[label] = path
+    rows = run_cameras_bench(
+        checkpoints, out_dir=args.output_dir, save=args.save, seed=args.seed, console=console
+    )
+    print_table(rows, console)
     return 0
 
 

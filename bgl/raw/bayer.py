@@ -14,11 +14,13 @@ __all__ = [
     "CHANNELS",
     "CFA_OFFSETS",
     "PATTERNS",
+    "bilinear_demosaic",
     "channel_offsets",
     "cfa_index_grid",
     "mosaic_rgb",
     "pack",
     "packed_to_rgb",
+    "unify_to_rggb",
     "unpack",
 ]
 
@@ -107,3 +109,56 @@ def packed_to_rgb(packed: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"packed must be (B,4,h,w); got shape {tuple(packed.shape)}")
     rgb = torch.stack([packed[:, 0], 0.5 * (packed[:, 1] + packed[:, 3]), packed[:, 2]], dim=1)
     return rgb.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+
+
+#: Bilinear interpolation kernels: red and blue sites fill a quarter of the grid, green half.
+_RB_KERNEL = ((0.25, 0.5, 0.25), (0.5, 1.0, 0.5), (0.25, 0.5, 0.25))
+_G_KERNEL = ((0.0, 0.25, 0.0), (0.25, 1.0, 0.25), (0.0, 0.25, 0.0))
+
+
+def bilinear_demosaic(packed: torch.Tensor) -> torch.Tensor:
+    """Packed RAW (B,4,h,w) -> linear RGB (B,3,2h,2w) by bilinear interpolation, RGGB layout.
+
+    Why RGGB whatever the camera: bgl packs every file into R, G, B, G2 and its networks see
+    that order as an RGGB tile (the half-pixel offsets of other layouts are dropped, as in SID),
+    so a development of the packed tensor must read it the same way. Each colour plane keeps its
+    samples and fills the others with the mean of the nearest same-colour neighbours (the
+    classic kernels, as OpenCV's ``COLOR_Bayer*2RGB``); edges are mirrored, which keeps the CFA
+    parity, so no border darkens.
+    """
+    if packed.dim() != 4 or packed.shape[1] != 4:
+        raise ValueError(f"packed must be (B,4,h,w); got shape {tuple(packed.shape)}")
+    batch, _, h, w = packed.shape
+    planes = packed.new_zeros((batch, 3, 2 * h, 2 * w))
+    for channel, (r, c) in enumerate(channel_offsets("RGGB")):
+        planes[:, (0, 1, 2, 1)[channel], r::2, c::2] = packed[:, channel]
+    kernels = torch.tensor(
+        (_RB_KERNEL, _G_KERNEL, _RB_KERNEL), dtype=packed.dtype, device=packed.device
+    )[:, None]
+    mode = "reflect" if min(h, w) > 1 else "replicate"
+    padded = torch.nn.functional.pad(planes, (1, 1, 1, 1), mode=mode)
+    return torch.nn.functional.conv2d(padded, kernels, groups=3)
+
+
+def unify_to_rggb(packed: torch.Tensor, pattern: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Packed RAW of any layout (…, 4, h, w) -> the packing of its RGGB-aligned crop, and the
+    crop's origin (r0, c0) in the mosaic: 0 or 1 each.
+
+    Why: bgl packs every layout into R, G, B, G2 at its own sites, so in a GRBG file red sits one
+    pixel right of where an RGGB-trained network assumes it and the rendering comes out shifted
+    by a pixel against the scene, its colours sampled at the wrong sites. Cropping the mosaic to
+    start on a red site makes the layout RGGB exactly ("Bayer pattern unification", Liu et al.,
+    CVPRW 2019); the crop loses one row and/or one column of 2x2 cells, which a caller pads back
+    (the rendered pixel (y, x) is mosaic pixel (y + r0, x + c0)).
+    """
+    if packed.dim() < 3 or packed.shape[-3] != 4:
+        raise ValueError(f"packed must be (..., 4, h, w); got shape {tuple(packed.shape)}")
+    r0, c0 = channel_offsets(pattern)[0]
+    h, w = packed.shape[-2] - r0, packed.shape[-1] - c0
+    if h < 1 or w < 1:
+        raise ValueError(f"a {pattern} frame of {tuple(packed.shape[-2:])} cells is too small")
+    planes = []
+    for channel, (r, c) in enumerate(channel_offsets("RGGB")):
+        dy, dx = (r0 + r) // 2, (c0 + c) // 2  # the original cell holding this site
+        planes.append(packed[..., channel, dy : dy + h, dx : dx + w])
+    return torch.stack(planes, dim=-3), (r0, c0)

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import torch
 
+from bgl.raw.bayer import bilinear_demosaic
 from bgl.raw.unprocess import _per_image, gamma_expansion, inverse_smoothstep
 
-__all__ = ["gamma_compression", "reexpose", "smoothstep"]
+__all__ = [
+    "GENERATOR_RESIDUALS",
+    "classical_development",
+    "gamma_compression",
+    "reexpose",
+    "smoothstep",
+]
 
 
 def smoothstep(image: torch.Tensor) -> torch.Tensor:
@@ -31,3 +38,19 @@ def reexpose(rgb: torch.Tensor, gain: torch.Tensor | float) -> torch.Tensor:
     (per image: a (B,) tensor), clipping in linear space as a sensor does."""
     linear = gamma_expansion(inverse_smoothstep(rgb)) * _per_image(gain, rgb)
     return smoothstep(gamma_compression(linear.clamp(0.0, 1.0)))
+
+
+#: What a generative block adds to its U-Net's output (``model.generator_residual``): nothing
+#: (SID), or :func:`classical_development` of its input (:mod:`bgl.models.generator`).
+GENERATOR_RESIDUALS: tuple[str, ...] = ("none", "develop")
+
+
+def classical_development(packed: torch.Tensor) -> torch.Tensor:
+    """Packed linear RAW (B,4,h,w) -> sRGB (B,3,2h,2w): bilinear demosaic, clip, gamma 1/2.2,
+    smoothstep; Brooks et al.'s forward pipeline after white balance and colour correction.
+
+    On a *canonical* RAW (:mod:`bgl.raw.colour`: already white-balanced, in sRGB primaries) this
+    is a complete if plain development, the exact inverse of unprocessing up to demosaicing and
+    noise; a generative block can learn its residual (denoising, detail) instead of colour.
+    """
+    return smoothstep(gamma_compression(bilinear_demosaic(packed).clamp(0.0, 1.0)))

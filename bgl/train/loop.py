@@ -83,7 +83,9 @@ class Trainer:
         self.device = device or resolve_device(cfg.train.device)
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.task = build_task(cfg.task.name, **cfg.task.options)
-        self.upper: nn.Module = build_generator(cfg.model.generator_width).to(self.device)
+        self.upper: nn.Module = build_generator(
+            cfg.model.generator_width, cfg.model.generator_residual
+        ).to(self.device)
         if cfg.model.generator_checkpoint:
             load_generator(self.upper, cfg.model)
         self.frozen = cfg.model.freeze_generator

@@ -63,7 +63,7 @@ def load_trained(
     options.update(task_options or {})
     task = build_task(cfg.task.name, **options)
     device = torch.device(device)
-    upper = build_generator(cfg.model.generator_width)
+    upper = build_generator(cfg.model.generator_width, cfg.model.generator_residual)
     lower = task.build_lower()
     upper.load_state_dict(state["upper"])
     lower.load_state_dict(state["lower"])
