@@ -293,6 +293,16 @@ def test_input_gain_feeds_f_the_short_exposure_and_targets_it_re_exposed(nets) -
         lower_l = task.lower_loss(upper, lower, batch).item()
     assert task.upper_loss(upper, lower, batch).item() == pytest.approx(l1_y, rel=1e-6)
     assert warm == pytest.approx(lower_l + l1_y + 0.5 * l1_x, rel=1e-5)
+    # l1_weight adds F's own L1 to its re-exposed target to L_F (and to the reported upper_loss)
+    anchored = EnhanceTask(width=8, input_gain=30.0, l1_weight=2.0)
+    want = l1_y + 2.0 * l1_x
+    assert anchored.upper_loss(upper, lower, batch).item() == pytest.approx(want, rel=1e-5)
+    big = make_batch(b=2, h=16, w=16, seed=1) | {"ratio": torch.tensor([100.0, 250.0])}
+    with torch.no_grad():
+        direct = anchored.upper_loss(upper, lower, big).item()
+    assert anchored.evaluate(upper, lower, [big])["upper_loss"] == pytest.approx(direct, rel=1e-5)
+    with pytest.raises(ValueError, match="l1_weight=-1"):
+        EnhanceTask(l1_weight=-1.0)
     # F alone is scored at the reference's exposure: re-exposed by ratio / g
     alone = task.generator_alone(expected.clamp(0, 1), batch)
     torch.testing.assert_close(alone, batch["rgb"], rtol=1e-3, atol=2e-3)

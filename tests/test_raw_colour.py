@@ -302,3 +302,27 @@ def test_classical_development_of_the_canonical_raw_inverts_unprocessing():
     ) * camera["rgb_gain"][:, None]
     canonical = canonical_packed(raw, gains, camera["cam2rgb"])
     assert torch.allclose(classical_development(canonical), rgb, atol=1e-6)
+
+
+def test_synthetic_canonical_raw_develops_to_the_reference_exposure():
+    """Noise-free, ratio 1: the classical development of the synthetic canonical RAW is the
+    reference (brightness within 2%, PSNR limited by bilinear demosaicing of sharp edges); the
+    camera-space RAW carries unprocessing's brightness gain and develops visibly darker."""
+    from bgl.metrics.image import psnr
+    from bgl.raw.tone import classical_development
+
+    def developed(raw_space):
+        data = SyntheticLowLight(
+            8, size=64, seed=0, camera_seed=None, raw_space=raw_space,
+            ratio_range=(1.0, 1.0), shot_range=(1e-9, 1e-9),
+        )
+        raw = torch.stack([data[i]["raw"] for i in range(8)])
+        rgb = torch.stack([data[i]["rgb"] for i in range(8)])
+        return classical_development(raw), rgb
+
+    out, rgb = developed("canonical")
+    brightness = out.mean(dim=(1, 2, 3)) / rgb.mean(dim=(1, 2, 3))
+    assert torch.all((brightness - 1).abs() < 0.02), brightness
+    assert float(psnr(out, rgb).min()) > 23.0
+    camera, _ = developed("camera")
+    assert float((camera.mean(dim=(1, 2, 3)) / rgb.mean(dim=(1, 2, 3))).mean()) < 0.97

@@ -200,7 +200,7 @@ def test_add_noise_variance_matches_model() -> None:
 def test_synthesize_low_light_shapes_range_and_ratio() -> None:
     rgb = torch.rand((6, 3, 16, 16), generator=gen(17))
     out = synthesize_low_light(rgb, gen(18), ratio_range=(10.0, 300.0), shot_range=(1e-5, 1e-4))
-    assert set(out) == {"raw", "rgb", "ratio", "cam2rgb", "red_gain", "blue_gain"}
+    assert set(out) == {"raw", "rgb", "ratio", "cam2rgb", "rgb_gain", "red_gain", "blue_gain"}
     assert out["cam2rgb"].shape == (6, 3, 3) and out["red_gain"].shape == (6,)
     assert out["raw"].shape == (6, 4, 8, 8) and out["raw"].dtype == torch.float32
     assert out["raw"].min() >= 0 and out["raw"].max() <= 1

@@ -18,6 +18,7 @@ SSIM, and whether both targets hold: every channel within 15% and grey SSIM >= 0
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import time
@@ -39,6 +40,8 @@ __all__ = [
     "test_photos",
     "write_camera_files",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The targets: each channel's mean within this fraction of LibRaw's, and the grey SSIM.
 MEAN_TOLERANCE = 0.15
@@ -65,19 +68,32 @@ class CameraFile:
     pattern: str
 
 
-def test_photos(max_side: int = MAX_SIDE) -> dict[str, np.ndarray]:
-    """Name -> (H, W, 3) uint8 photograph; H and W multiples of 32, at most ``max_side``.
+#: Where the test images come from: real photographs, or the synthetic training scenes.
+SCENES = ("photos", "procedural")
 
-    scikit-image's bundled photographs when it is installed (real optics, real textures), else
-    four procedural scenes of the synthetic dataset.
+
+def test_photos(max_side: int = MAX_SIDE, scenes: str = "photos") -> dict[str, np.ndarray]:
+    """Name -> (H, W, 3) uint8 image; H and W multiples of 32, at most ``max_side``.
+
+    "photos": scikit-image's bundled photographs (real optics, real textures), or the procedural
+    scenes with a warning when scikit-image is not installed; "procedural": four scenes of the
+    synthetic training set's generator, at ``max_side`` (what the block was trained on, so the
+    two rows tell a camera problem from a content problem).
     """
+    if scenes not in SCENES:
+        raise ValueError(f"scenes must be one of {', '.join(SCENES)}; got {scenes!r}")
     try:
+        if scenes == "procedural":
+            raise ImportError
         from skimage import data
     except ImportError:
         from bgl.data.synthetic import render_scenes
 
-        scenes = render_scenes(4, 256, torch.Generator().manual_seed(0))
-        pixels = (scenes.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+        if scenes == "photos":
+            log.warning("scikit-image is not installed: the test files use procedural scenes")
+        size = max(32, max_side // 32 * 32)
+        images = render_scenes(4, size, torch.Generator().manual_seed(0))
+        pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
         return {f"scene{i}": p for i, p in enumerate(pixels)}
     photos = {
         "astronaut": data.astronaut(),
@@ -94,7 +110,9 @@ def test_photos(max_side: int = MAX_SIDE) -> dict[str, np.ndarray]:
     return out
 
 
-def write_camera_files(folder: str | Path, seed: int = 0) -> list[CameraFile]:
+def write_camera_files(
+    folder: str | Path, seed: int = 0, max_side: int = MAX_SIDE, scenes: str = "photos"
+) -> list[CameraFile]:
     """One DNG per test photo, camera ``i`` = photo ``i`` mod 4 (matrix, neutral, CFA layout)."""
     from bgl.raw.bayer import mosaic_rgb
     from bgl.raw.dng import mosaic_from_linear, write_dng
@@ -110,7 +128,7 @@ def write_camera_files(folder: str | Path, seed: int = 0) -> list[CameraFile]:
     folder = Path(folder)
     files = []
     generator = torch.Generator().manual_seed(seed)
-    for i, (name, pixels) in enumerate(test_photos().items()):
+    for i, (name, pixels) in enumerate(test_photos(max_side, scenes).items()):
         camera = i % len(XYZ2CAMS)
         pattern, neutral = PATTERNS[camera], torch.tensor(NEUTRALS[camera])
         rgb = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
@@ -147,71 +165,95 @@ def run_cameras_bench(
     out_dir: str | Path = "results/bench",
     save: str | Path | None = None,
     seed: int = 0,
+    max_side: int = MAX_SIDE,
+    scenes: str = "photos",
     console: Console | None = None,
 ) -> list[dict[str, Any]]:
     """Develop every test file with every checkpoint (label -> path); rows written to
     ``<out_dir>/cameras-<UTC stamp>.parquet``. ``save``: keep the side-by-side PNGs there."""
-    from bgl.develop import develop_file
     from bgl.results.parquet import write_rows
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bgl-cameras-") as tmp:
-        files = write_camera_files(tmp, seed)
-        pictures = Path(save) if save is not None else Path(tmp)
-        pictures.mkdir(parents=True, exist_ok=True)
-        for label, checkpoint in checkpoints.items():
-            modes = {"F": False, "F+G": True} if _has_lower(checkpoint) else {"F": False}
-            for file in files:
-                for mode, enhance in modes.items():
-                    stem = f"{label}-{file.path.stem}-{'fg' if enhance else 'f'}"
-                    result = develop_file(
-                        file.path,
-                        checkpoint,
-                        Path(tmp) / f"{stem}.png",
-                        enhance=enhance,
-                        compare=pictures / f"{stem}-vs-libraw.png",
-                    )
-                    ratios = result.mean_ratio or (math.nan,) * 3
-                    worst = max(abs(r - 1.0) for r in ratios)
-                    ssim = float(result.ssim_grey if result.ssim_grey is not None else math.nan)
-                    row = {
-                        "checkpoint": label,
-                        "path": str(checkpoint),
-                        "photo": file.photo,
-                        "camera": file.camera,
-                        "pattern": file.pattern,
-                        "mode": mode,
-                        "ratio": result.ratio,
-                        "mean_r": ratios[0],
-                        "mean_g": ratios[1],
-                        "mean_b": ratios[2],
-                        "worst_mean_error": worst,
-                        "ssim_grey": ssim,
-                        "meets_targets": bool(worst <= MEAN_TOLERANCE and ssim >= SSIM_TARGET),
-                    }
-                    rows.append(row)
-                    if console is not None:
-                        console.print(
-                            f"{label} {mode} {file.photo} ({file.pattern}): means "
-                            f"{ratios[0]:.2f} {ratios[1]:.2f} {ratios[2]:.2f}, SSIM {ssim:.3f}"
-                        )
+    develop_log = logging.getLogger("bgl.develop")
+    level = develop_log.level
+    develop_log.setLevel(logging.WARNING)  # develop's per-file lines: the bench prints its own
+    try:
+        with tempfile.TemporaryDirectory(prefix="bgl-cameras-") as tmp:
+            files = write_camera_files(tmp, seed, max_side, scenes)
+            pictures = Path(save) if save is not None else Path(tmp)
+            pictures.mkdir(parents=True, exist_ok=True)
+            for label, checkpoint in checkpoints.items():
+                modes = {"F": False, "F+G": True} if _has_lower(checkpoint) else {"F": False}
+                for file in files:
+                    for mode, enhance in modes.items():
+                        row = _develop_one(label, checkpoint, file, mode, enhance, tmp, pictures)
+                        rows.append(row | {"scenes": scenes})
+                        if console is not None:
+                            console.print(
+                                f"{label} {mode} {file.photo} ({file.pattern}): means "
+                                f"{row['mean_r']:.2f} {row['mean_g']:.2f} {row['mean_b']:.2f}, "
+                                f"SSIM {row['ssim_grey']:.3f}"
+                            )
+    finally:
+        develop_log.setLevel(level)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     write_rows(rows, Path(out_dir) / f"cameras-{stamp}.parquet")
     return rows
 
 
+def _develop_one(
+    label: str,
+    checkpoint: str | Path,
+    file: CameraFile,
+    mode: str,
+    enhance: bool,
+    tmp: str | Path,
+    pictures: Path,
+) -> dict[str, Any]:
+    from bgl.develop import develop_file
+
+    stem = f"{label}-{file.path.stem}-{'fg' if enhance else 'f'}"
+    result = develop_file(
+        file.path,
+        checkpoint,
+        Path(tmp) / f"{stem}.png",
+        enhance=enhance,
+        compare=pictures / f"{stem}-vs-libraw.png",
+    )
+    ratios = result.mean_ratio or (math.nan,) * 3
+    worst = max(abs(r - 1.0) for r in ratios)
+    ssim = float(result.ssim_grey if result.ssim_grey is not None else math.nan)
+    return {
+        "checkpoint": label,
+        "path": str(checkpoint),
+        "photo": file.photo,
+        "camera": file.camera,
+        "pattern": file.pattern,
+        "mode": mode,
+        "ratio": result.ratio,
+        "mean_r": ratios[0],
+        "mean_g": ratios[1],
+        "mean_b": ratios[2],
+        "worst_mean_error": worst,
+        "ssim_grey": ssim,
+        "meets_targets": bool(worst <= MEAN_TOLERANCE and ssim >= SSIM_TARGET),
+    }
+
+
 def print_table(rows: list[dict[str, Any]], console: Console) -> None:
     """One line per checkpoint and mode: channel-mean ratios and grey SSIM over the test files."""
     table = Table(title="bgl develop vs LibRaw (mean over files; targets ±15%, SSIM ≥ 0.7)")
-    for header in ("block", "mode", "R", "G", "B", "worst", "SSIM", "files ok"):
-        table.add_column(header, justify="left" if header in ("block", "mode") else "right")
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for header in ("block", "scenes", "mode", "R", "G", "B", "worst", "SSIM", "files ok"):
+        left = header in ("block", "scenes", "mode")
+        table.add_column(header, justify="left" if left else "right")
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["checkpoint"], row["mode"]), []).append(row)
-    for (label, mode), group in groups.items():
+        groups.setdefault((row["checkpoint"], row["scenes"], row["mode"]), []).append(row)
+    for (label, scenes, mode), group in groups.items():
         mean = {k: float(np.mean([r[k] for r in group])) for k in ("mean_r", "mean_g", "mean_b")}
         table.add_row(
             label,
+            scenes,
             mode,
             f"{mean['mean_r']:.2f}",
             f"{mean['mean_g']:.2f}",

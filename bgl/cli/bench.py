@@ -126,6 +126,13 @@ def add_bench_commands(subparsers: Any) -> None:
     )
     b.add_argument("--save", default=None, help="keep the bgl | LibRaw side-by-side PNGs here")
     b.add_argument("--seed", type=int, default=0, help="noise seed of the test files")
+    b.add_argument(
+        "--scenes",
+        nargs="+",
+        choices=("photos", "procedural"),
+        default=["photos"],
+        help="real photographs (scikit-image) and/or the synthetic training scenes",
+    )
     add_output_dir(b)
     b.set_defaults(func=_bench_cameras)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
@@ -355,9 +362,16 @@ def _bench_cameras(args: argparse.Namespace) -> int:
             error(f"checkpoint not found: {path}")
             return 2
         checkpoints[label] = path
-    rows = run_cameras_bench(
-        checkpoints, out_dir=args.output_dir, save=args.save, seed=args.seed, console=console
-    )
+    rows = []
+    for scenes in args.scenes:
+        rows += run_cameras_bench(
+            checkpoints,
+            out_dir=args.output_dir,
+            save=args.save,
+            seed=args.seed,
+            scenes=scenes,
+            console=console,
+        )
     print_table(rows, console)
     return 0
 

@@ -164,7 +164,7 @@ def check_synthetic_args(n: int, size: int, seed: int) -> None:
 Render = Callable[[int, torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 #: The camera metadata synthesize_low_light returns beside the pair (not batch keys).
-CAMERA_KEYS = ("cam2rgb", "red_gain", "blue_gain")
+CAMERA_KEYS = ("cam2rgb", "rgb_gain", "red_gain", "blue_gain")
 
 
 def in_raw_space(
@@ -175,12 +175,19 @@ def in_raw_space(
     "camera" keeps the camera's RAW; "canonical" re-expresses it with each image's own white
     balance (red and blue gain, greens 1) and colour matrix (:func:`canonical_packed`), after the
     amplification and clipping, which is what ``bgl develop`` does with a file's metadata.
+
+    The white balance also carries the brightness gain that unprocessing divided out (Brooks'
+    ``rgb_gain``, 1.25 on average): with it the canonical RAW at ``ratio`` is at the reference's
+    exposure, so its classical development *is* the reference up to noise and demosaicing
+    (:func:`bgl.raw.tone.classical_development`), just as a real file at ``ratio`` develops to
+    LibRaw's rendering at the same brightness. Without it a block learns to brighten every input
+    by the training set's mean gain, and renders real files that much brighter than LibRaw does.
     """
     check_raw_space(raw_space)
     out = {key: value for key, value in pair.items() if key not in CAMERA_KEYS}
     if raw_space == "canonical":
-        red, blue = pair["red_gain"], pair["blue_gain"]
-        wb = torch.stack([red, torch.ones_like(red), blue], dim=-1)
+        red, blue, gain = pair["red_gain"], pair["blue_gain"], pair["rgb_gain"]
+        wb = torch.stack([red, torch.ones_like(red), blue], dim=-1) * gain[:, None]
         out["raw"] = canonical_packed(pair["raw"], wb, pair["cam2rgb"])
     return out
 

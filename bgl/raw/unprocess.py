@@ -326,7 +326,8 @@ def synthesize_low_light(
     Returns ``{"raw": (B,4,H/2,W/2), "rgb": the input (B,3,H,W), "ratio": (B,)}`` and the camera
     that made the RAW: ``cam2rgb`` (B,3,3), ``red_gain``, ``blue_gain`` (B,), the colour matrix and
     white balance a real file carries, so the RAW can be re-expressed camera-independently
-    (:func:`bgl.raw.colour.canonical_packed`) exactly as ``bgl develop`` does with a file's own.
+    (:func:`bgl.raw.colour.canonical_packed`) exactly as ``bgl develop`` does with a file's own,
+    and ``rgb_gain`` (B,), the brightness gain unprocessing divided out.
     """
     ratio_low, ratio_high = _check_range("ratio_range", ratio_range, 1.0)
     _check_range("shot_range", shot_range, 1e-300)
@@ -350,6 +351,7 @@ def synthesize_low_light(
         "rgb": rgb,
         "ratio": ratio,
         "cam2rgb": camera["cam2rgb"],
+        "rgb_gain": camera["rgb_gain"],
         "red_gain": camera["red_gain"],
         "blue_gain": camera["blue_gain"],
     }
