@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import rawpy
 
-from bgl.bench.cameras import PATTERNS, run_cameras_bench, write_camera_files
+from bgl.bench.cameras import LOW_RATIO, PATTERNS, run_cameras_bench, write_camera_files
 from bgl.cli import main
 from bgl.config import from_dict
 from bgl.train.loop import Trainer
@@ -61,6 +61,14 @@ def test_classical_start_meets_the_targets_and_plain_unet_does_not(tmp_path, cap
     assert not any(r["meets_targets"] for r in by_block["plain"])
     (written,) = (tmp_path / "bench").glob("cameras-*.parquet")
     assert pq.read_table(written).num_rows == 16
+    # a short exposure with the training data's noise, developed at its ratio: the colour path
+    # holds there too (LibRaw's rendering is as noisy as the file, so SSIM is lower)
+    low = run_cameras_bench(
+        {"residual": residual}, out_dir=tmp_path / "low", max_side=192, exposure="low"
+    )
+    assert {r["exposure"] for r in low} == {"low"} and {r["ratio"] for r in low} == {LOW_RATIO}
+    for row in (r for r in low if r["mode"] == "F"):
+        assert row["worst_mean_error"] <= 0.15 and row["ssim_grey"] >= 0.6, row
 
 
 def test_cli_names_a_missing_checkpoint(tmp_path, capsys):

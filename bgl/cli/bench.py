@@ -133,6 +133,13 @@ def add_bench_commands(subparsers: Any) -> None:
         default=["photos"],
         help="real photographs (scikit-image) and/or the synthetic training scenes",
     )
+    b.add_argument(
+        "--exposure",
+        nargs="+",
+        choices=("normal", "low"),
+        default=["normal"],
+        help="a normally exposed photo (auto ratio) and/or a short exposure at the training ratio",
+    )
     add_output_dir(b)
     b.set_defaults(func=_bench_cameras)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
@@ -364,14 +371,16 @@ def _bench_cameras(args: argparse.Namespace) -> int:
         checkpoints[label] = path
     rows = []
     for scenes in args.scenes:
-        rows += run_cameras_bench(
-            checkpoints,
-            out_dir=args.output_dir,
-            save=args.save,
-            seed=args.seed,
-            scenes=scenes,
-            console=console,
-        )
+        for exposure in args.exposure:
+            rows += run_cameras_bench(
+                checkpoints,
+                out_dir=args.output_dir,
+                save=args.save,
+                seed=args.seed,
+                scenes=scenes,
+                exposure=exposure,
+                console=console,
+            )
     print_table(rows, console)
     return 0
 
