@@ -14,7 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 import rawpy
 
-from bgl.bench.cameras import LOW_RATIO, PATTERNS, run_cameras_bench, write_camera_files
+from bgl.bench.cameras import (
+    LOW_RATIO,
+    PATTERNS,
+    render_markdown,
+    run_cameras_bench,
+    write_camera_files,
+)
 from bgl.cli import main
 from bgl.config import from_dict
 from bgl.train.loop import Trainer
@@ -61,6 +67,9 @@ def test_classical_start_meets_the_targets_and_plain_unet_does_not(tmp_path, cap
     assert not any(r["meets_targets"] for r in by_block["plain"])
     (written,) = (tmp_path / "bench").glob("cameras-*.parquet")
     assert pq.read_table(written).num_rows == 16
+    table = render_markdown(rows).splitlines()
+    assert len(table) == 2 + 4  # header, rule, (residual, plain) x (F, F+G)
+    assert table[2].startswith("| residual | photo normal | F |") and table[2].endswith("| 4/4 |")
     # a short exposure with the training data's noise, developed at its ratio: the colour path
     # holds there too (LibRaw's rendering is as noisy as the file, so SSIM is lower)
     low = run_cameras_bench(

@@ -24,6 +24,7 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,19 @@ __all__ = [
     "MEAN_TOLERANCE",
     "SSIM_TARGET",
     "CameraFile",
+    "README_END",
+    "README_START",
     "print_table",
+    "render_markdown",
     "run_cameras_bench",
+    "summarise",
     "test_photos",
     "write_camera_files",
 ]
 
 log = logging.getLogger(__name__)
+
+README_START, README_END = "<!-- cameras:start -->", "<!-- cameras:end -->"
 
 #: The targets: each channel's mean within this fraction of LibRaw's, and the grey SSIM.
 MEAN_TOLERANCE = 0.15
@@ -263,31 +270,60 @@ def _develop_one(
     }
 
 
-def print_table(rows: list[dict[str, Any]], console: Console) -> None:
-    """One line per checkpoint, scene set and mode: the channel-mean ratios bgl / LibRaw and grey
-    SSIM averaged over the test files, the worst channel error, and how many files meet both
-    targets. Fits an 80-column terminal."""
-    table = Table(title="bgl develop vs LibRaw (mean over files; targets ±15%, SSIM ≥ 0.7)")
-    for header in ("block", "scenes", "mode", "R", "G", "B", "worst", "SSIM", "ok"):
-        left = header in ("block", "scenes", "mode")
-        header = {"scenes": "files"}.get(header, header)
-        table.add_column(header, justify="left" if left else "right", no_wrap=header != "block")
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per checkpoint, file set (scenes and exposure) and mode, in first-seen order:
+    the channel-mean ratios bgl / LibRaw and grey SSIM averaged over the files, the worst
+    channel error of any file, and how many files meet both targets."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         short = {"photos": "photo", "procedural": "synth"}.get(row["scenes"], row["scenes"])
         files = f"{short} {row.get('exposure', 'normal')}"
         groups.setdefault((row["checkpoint"], files, row["mode"]), []).append(row)
-    for (label, scenes, mode), group in groups.items():
-        mean = {k: float(np.mean([r[k] for r in group])) for k in ("mean_r", "mean_g", "mean_b")}
-        table.add_row(
-            label,
-            scenes,
-            mode,
-            f"{mean['mean_r']:.2f}",
-            f"{mean['mean_g']:.2f}",
-            f"{mean['mean_b']:.2f}",
-            f"{max(r['worst_mean_error'] for r in group):.2f}",
-            f"{np.mean([r['ssim_grey'] for r in group]):.3f}",
-            f"{sum(r['meets_targets'] for r in group)}/{len(group)}",
-        )
+    return [
+        {
+            "block": label,
+            "files": files,
+            "mode": mode,
+            **{k: float(np.mean([r[k] for r in group])) for k in ("mean_r", "mean_g", "mean_b")},
+            "worst": max(r["worst_mean_error"] for r in group),
+            "ssim": float(np.mean([r["ssim_grey"] for r in group])),
+            "ok": f"{sum(r['meets_targets'] for r in group)}/{len(group)}",
+        }
+        for (label, files, mode), group in groups.items()
+    ]
+
+
+def _cells(line: dict[str, Any]) -> list[str]:
+    return [
+        line["block"],
+        line["files"],
+        line["mode"],
+        *(f"{line[k]:.2f}" for k in ("mean_r", "mean_g", "mean_b", "worst")),
+        f"{line['ssim']:.3f}",
+        line["ok"],
+    ]
+
+
+HEADERS = ("block", "files", "mode", "R", "G", "B", "worst", "SSIM", "ok")
+
+
+def print_table(rows: Sequence[dict[str, Any]], console: Console) -> None:
+    """:func:`summarise` as a terminal table that fits 80 columns."""
+    table = Table(title="bgl develop vs LibRaw (mean over files; targets ±15%, SSIM ≥ 0.7)")
+    for header in HEADERS:
+        left = header in ("block", "files", "mode")
+        table.add_column(header, justify="left" if left else "right", no_wrap=header != "block")
+    for line in summarise(rows):
+        table.add_row(*_cells(line))
     console.print(table)
+
+
+def render_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`summarise` as the README's table."""
+    lines = [
+        "| block | files | mode | R | G | B | worst channel error | grey SSIM "
+        "| files meeting both |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(_cells(line)) + " |" for line in summarise(rows)]
+    return "\n".join(lines) + "\n"

@@ -140,6 +140,7 @@ def add_bench_commands(subparsers: Any) -> None:
         default=["normal"],
         help="a normally exposed photo (auto ratio) and/or a short exposure at the training ratio",
     )
+    b.add_argument("--readme", default=None, help="rewrite this README's cameras table")
     add_output_dir(b)
     b.set_defaults(func=_bench_cameras)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
@@ -359,7 +360,14 @@ def _bench_faults(args: argparse.Namespace) -> int:
 def _bench_cameras(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bgl.bench.cameras import print_table, run_cameras_bench
+    from bgl.bench.cameras import (
+        README_END,
+        README_START,
+        print_table,
+        render_markdown,
+        run_cameras_bench,
+    )
+    from bgl.bench.report import replace_block
 
     checkpoints: dict[str, str] = {}
     for item in args.checkpoints:
@@ -382,6 +390,9 @@ def _bench_cameras(args: argparse.Namespace) -> int:
                 console=console,
             )
     print_table(rows, console)
+    if args.readme:
+        path = replace_block(args.readme, README_START, README_END, render_markdown(rows))
+        console.print(f"rewrote the cameras table of {path}")
     return 0
 
 
