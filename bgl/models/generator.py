@@ -9,10 +9,10 @@ variable ω, so the layout (widths w..16w, LeakyReLU 0.2, transposed-conv upsamp
 packed RAW (:func:`bgl.raw.tone.classical_development`) and U the U-Net with its last layer
 zero-initialised, so F starts as a plain but colour-correct development of a canonical RAW and
 learns only the correction. Why: a small U-Net trained for minutes from scratch renders colour
-wrongly and leaves a 2-pixel grid from its pixel-shuffle (measured on real photographs through
-real cameras' colour matrices: channel means 1.4-2.3x LibRaw's, grey SSIM 0.31-0.46, see
-README "Other cameras"); with the skip it only has to denoise. Not in SID or the paper, so
-``"none"`` (the plain U-Net) is the default.
+wrongly and leaves a 2-pixel grid from its pixel-shuffle (``bgl bench cameras`` on real
+photographs through real cameras' colour matrices; README "Other cameras"); with the skip it
+keeps the colour and learns the rest. Not in SID or the paper, so ``"none"`` (the plain U-Net)
+is the default.
 """
 
 from __future__ import annotations

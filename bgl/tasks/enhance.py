@@ -236,10 +236,10 @@ class EnhanceTask(Task):
         plus `l1_weight` times L1(F(raw), `generator_target`), as the detection task's option.
 
         Why the second term: through y alone ω learns whatever x G turns into the reference, so
-        F stops being a developer of its own (measured on the quickstart: F alone falls from
-        16.3 dB at the start to 8.2 dB while F + G rises to 16.6 dB, and `bgl develop` without
-        `--enhance` renders real files 2-2.5x too bright). The term keeps F a faithful
-        development while the bilevel phase adapts it to G.
+        F stops being a developer of its own (the quickstart run: F alone, re-exposed, falls from
+        16.6 dB at the classical start to 7.0 dB while F + G rises to 16.5 dB). The term pulls F
+        back towards its own target while the bilevel phase adapts it to G, at a cost to F + G
+        (README "Other cameras").
         """
         x, _, _, y = self.outputs(upper, lower, batch)
         loss = F.l1_loss(y, batch["rgb"])
