@@ -56,3 +56,14 @@ def test_diverged_run_is_recorded(tmp_path, monkeypatch):
     summary = pq.read_table(tmp_path / "results/runs/tiny/summary.parquet").to_pylist()[0]
     assert summary["status"] == "diverged"
     assert "hypergradient" in summary["error"] and "step 3" in summary["error"]
+
+
+def test_a_zero_step_run_leaves_its_initial_models(tmp_path):
+    """`train.warm_steps=0 train.steps=0` saves the untrained models (e.g. F's classical start,
+    which `bgl bench cameras` compares as a baseline)."""
+    path = _write(tmp_path, model={"generator_width": 4, "generator_residual": "develop"})
+    zero = ["--set", "train.warm_steps=0", "--set", "train.steps=0"]
+    assert main(["train", str(path), *zero]) == 0
+    state = torch.load(tmp_path / "results" / "runs" / "tiny" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 0 and state["config"]["model"]["generator_residual"] == "develop"
+    assert not state["upper"]["head.weight"].any()  # the residual's head starts at zero

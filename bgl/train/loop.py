@@ -353,6 +353,9 @@ class Trainer:
             ):
                 path = self.save(run_dir / "checkpoint.pt")
                 cb.on_checkpoint(self, path)
+        if run_dir is not None and self.rank == 0 and self.total_steps == 0:
+            # a zero-step run still leaves its (initial) models, e.g. F's classical start
+            cb.on_checkpoint(self, self.save(run_dir / "checkpoint.pt"))
         return self.summary()
 
     def summary(self, status: str = "completed", error: str | None = None) -> dict[str, Any]:
