@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 __all__ = [
+    "bench_images",
     "MEAN_TOLERANCE",
     "SSIM_TARGET",
     "CameraFile",
@@ -44,7 +45,6 @@ __all__ = [
     "render_markdown",
     "run_cameras_bench",
     "summarise",
-    "test_photos",
     "write_camera_files",
 ]
 
@@ -87,7 +87,16 @@ class CameraFile:
 SCENES = ("photos", "procedural")
 
 
-def test_photos(max_side: int = MAX_SIDE, scenes: str = "photos") -> dict[str, np.ndarray]:
+def _procedural_scenes(max_side: int) -> dict[str, np.ndarray]:
+    from bgl.data.synthetic import render_scenes
+
+    size = max(32, max_side // 32 * 32)
+    images = render_scenes(4, size, torch.Generator().manual_seed(0))
+    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return {f"scene{i}": p for i, p in enumerate(pixels)}
+
+
+def bench_images(max_side: int = MAX_SIDE, scenes: str = "photos") -> dict[str, np.ndarray]:
     """Name -> (H, W, 3) uint8 image; H and W multiples of 32, at most ``max_side``.
 
     "photos": scikit-image's bundled photographs (real optics, real textures), or the procedural
@@ -97,19 +106,13 @@ def test_photos(max_side: int = MAX_SIDE, scenes: str = "photos") -> dict[str, n
     """
     if scenes not in SCENES:
         raise ValueError(f"scenes must be one of {', '.join(SCENES)}; got {scenes!r}")
+    if scenes == "procedural":
+        return _procedural_scenes(max_side)
     try:
-        if scenes == "procedural":
-            raise ImportError
         from skimage import data
     except ImportError:
-        from bgl.data.synthetic import render_scenes
-
-        if scenes == "photos":
-            log.warning("scikit-image is not installed: the test files use procedural scenes")
-        size = max(32, max_side // 32 * 32)
-        images = render_scenes(4, size, torch.Generator().manual_seed(0))
-        pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        return {f"scene{i}": p for i, p in enumerate(pixels)}
+        log.warning("scikit-image is not installed: the test files use procedural scenes")
+        return _procedural_scenes(max_side)
     photos = {
         "astronaut": data.astronaut(),
         "chelsea": data.chelsea(),
@@ -151,7 +154,7 @@ def write_camera_files(
     folder = Path(folder)
     files = []
     generator = torch.Generator().manual_seed(seed)
-    for i, (name, pixels) in enumerate(test_photos(max_side, scenes).items()):
+    for i, (name, pixels) in enumerate(bench_images(max_side, scenes).items()):
         camera = i % len(XYZ2CAMS)
         pattern, neutral = PATTERNS[camera], torch.tensor(NEUTRALS[camera])
         rgb = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255.0
