@@ -20,6 +20,10 @@ from bgl.raw.noise import NOISE_MODELS
 from bgl.raw.tone import GENERATOR_RESIDUALS
 from bgl.solvers import SOLVER_NAMES, check_settings
 
+#: Synthetic scenes' lighting (data.lighting): evenly lit as rendered, or with shading and shadows
+#: (`bgl.data.synthetic.shade_scenes`).
+SCENE_LIGHTINGS = ("flat", "shaded")
+
 
 class ConfigError(ValueError):
     """A configuration problem, always naming the offending key."""
@@ -60,6 +64,7 @@ class DataConfig:
     # from each image's own camera metadata: bgl.raw.colour; develop then uses the file's)
     raw_space: str = "camera"
     noise: str = "gaussian"  # unprocessed data: gaussian (Brooks) | physics (bgl.raw.noise)
+    lighting: str = "flat"  # synthetic scenes: flat (evenly lit) | shaded (shading and shadows)
     cache: str | None = None  # real datasets: packed cache base folder (None: <root>/.bgl-cache)
     skip_bad: bool = False  # real datasets: skip (and list) bad files instead of failing
     eval_crop: int | None = None  # test-split crop; None: data.crop, 0: full frames
@@ -139,6 +144,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"solver.{broken[0]}: must be {broken[1]}")
     choice(cfg.data.noise, NOISE_MODELS, "data.noise")
     choice(cfg.data.raw_space, RAW_SPACES, "data.raw_space")
+    choice(cfg.data.lighting, SCENE_LIGHTINGS, "data.lighting")
     checks = [
         ("optim.optimizer", cfg.optim.optimizer in ("adam", "sgd"), "adam or sgd"),
         ("optim.schedule", cfg.optim.schedule in ("cosine", "constant"), "cosine or constant"),

@@ -24,6 +24,7 @@ def test_defaults_are_the_papers():
         ({"data": {"ratio_range": [1]}}, "data.ratio_range: expected a list of 2"),
         ({"data": {"crop": 48}}, "data.crop: must be a positive multiple of 32"),
         ({"train": 5}, "train: expected a mapping"),
+        ({"data": {"lighting": "sunny"}}, "data.lighting: must be one of flat, shaded"),
         ({"model": {"freeze_generator": True}}, "model.freeze_generator: must be false unless"),
         ({"model": {"freeze_generator": "yes"}}, "model.freeze_generator: expected true/false"),
     ],

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bgl.data.synthetic import CHUNK, SyntheticLowLight, render_scenes
+from bgl.config import ConfigError, from_dict
+from bgl.data.splits import build_splits
+from bgl.data.synthetic import CHUNK, SyntheticLowLight, render_scenes, shade_scenes
 from bgl.raw.bayer import packed_to_rgb
 from bgl.raw.unprocess import DEFAULT_RATIO_RANGE
 
@@ -31,6 +33,45 @@ def test_render_scenes_have_content() -> None:
     # Images differ from each other.
     distances = torch.cdist(scenes.flatten(1), scenes.flatten(1))
     assert distances[~torch.eye(16, dtype=torch.bool)].min() > 1.0
+
+
+def luma_below(images: torch.Tensor, level: float) -> float:
+    """Fraction of pixels whose channel mean is below ``level``."""
+    return float((images.mean(dim=1) < level).float().mean())
+
+
+def test_shaded_scenes_have_shadows_like_photographs() -> None:
+    flat = render_scenes(128, 64, torch.Generator().manual_seed(0))
+    shaded = shade_scenes(flat.clone(), torch.Generator().manual_seed(5))
+    again = shade_scenes(flat.clone(), torch.Generator().manual_seed(5))
+    assert torch.equal(shaded, again) and shaded.shape == flat.shape
+    assert shaded.min() >= 0 and shaded.max() <= 1
+    # Evenly lit scenes have almost no dark regions; shaded ones have them in the proportion of
+    # real photographs (4-26% of pixels below luma 0.2 in scikit-image's photographs).
+    assert luma_below(flat, 0.2) < 0.03
+    assert 0.08 < luma_below(shaded, 0.2) < 0.3
+    # Lighting is a smooth multiplicative field: where it darkens a scene it keeps the scene's
+    # hue (channel ratios), so shadows are dark versions of the same surfaces.
+    lit = ((shaded < 0.999) & (flat > 0.02)).all(dim=1, keepdim=True)  # unclipped pixels
+    factor = shaded / flat.clamp_min(1e-6)
+    spread = (factor.amax(dim=1, keepdim=True) - factor.amin(dim=1, keepdim=True))[lit]
+    assert float(spread.max()) < 1e-4
+
+
+def test_dataset_lighting_option() -> None:
+    flat = SyntheticLowLight(4, size=32, seed=3, lighting="flat").tensors()["rgb"]
+    shaded = SyntheticLowLight(4, size=32, seed=3, lighting="shaded").tensors()["rgb"]
+    assert shaded.shape == flat.shape and not torch.allclose(shaded, flat)
+    assert shaded.mean() < flat.mean()
+    with pytest.raises(ValueError, match="lighting must be one of flat, shaded"):
+        SyntheticLowLight(4, size=32, lighting="dim")
+    cfg = from_dict({"data": {"lighting": "shaded", "train_size": 4, "val_size": 4,
+                              "test_size": 4, "crop": 32}})
+    assert torch.equal(build_splits(cfg.data)["train"].tensors()["rgb"],
+                       SyntheticLowLight(4, size=32, seed=0, lighting="shaded").tensors()["rgb"])
+    faces = from_dict({"data": {"name": "synthetic_faces", "lighting": "shaded"}})
+    with pytest.raises(ConfigError, match="data.lighting: dataset 'synthetic_faces' supports"):
+        build_splits(faces.data)
 
 
 def test_dataset_items_and_tensors() -> None:

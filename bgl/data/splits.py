@@ -92,6 +92,10 @@ def _synthetic_splits(cfg: DataConfig) -> dict[str, Dataset]:
         extra["noise_model"] = cfg.noise
     elif cfg.noise != "gaussian":
         raise ConfigError(f"data.noise: dataset {cfg.name!r} supports only 'gaussian'")
+    if "lighting" in accepted:
+        extra["lighting"] = cfg.lighting
+    elif cfg.lighting != "flat":
+        raise ConfigError(f"data.lighting: dataset {cfg.name!r} supports only 'flat'")
     if "raw_space" in accepted:
         extra["raw_space"] = cfg.raw_space
     elif cfg.raw_space != "camera":

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from bgl.config import SCENE_LIGHTINGS
 from bgl.raw.bayer import channel_offsets
 from bgl.raw.colour import canonical_packed, check_raw_space
 from bgl.raw.noise import check_noise_model
@@ -141,6 +142,38 @@ def render_scenes(n: int, size: int, generator: torch.Generator | None = None) -
     return image.clamp(0.0, 1.0)
 
 
+def check_lighting(lighting: str) -> str:
+    """``lighting`` if it names a scene lighting (:data:`bgl.config.SCENE_LIGHTINGS`)."""
+    if lighting not in SCENE_LIGHTINGS:
+        raise ValueError(
+            f"lighting must be one of {', '.join(SCENE_LIGHTINGS)}; got {lighting!r}"
+        )
+    return lighting
+
+
+def shade_scenes(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Light rendered scenes unevenly, as photographs are: a smooth shading field and a soft shadow.
+
+    Why: evenly lit procedural scenes have almost no dark regions (1% of pixels below luma 0.2,
+    against 4-26% in real photographs), so a block trained on them never learns to keep shadows
+    dark, and an enhancer that brightens content-adaptively lifts a photograph's shadows. Each
+    scene is multiplied (in display values) by exp(a * smooth noise), a in [0, 1.2], and by a
+    soft-edged half-plane shadow of depth 0-0.85 on a random side at a random angle.
+    """
+    n, _, h, w = images.shape
+    strength = 1.2 * rand_uniform(generator, n, 1, 1, 1)
+    shading = torch.exp(strength * smooth_noise(n, max(h, w), generator)[..., :h, :w])
+    coords_y = ((torch.arange(h, dtype=torch.float32) + 0.5) / h).view(1, 1, h, 1)
+    coords_x = ((torch.arange(w, dtype=torch.float32) + 0.5) / w).view(1, 1, 1, w)
+    theta = rand_uniform(generator, n, 1, 1, 1) * 2 * math.pi
+    offset = rand_uniform(generator, n, 1, 1, 1) - 0.5
+    side = (coords_x - 0.5) * torch.cos(theta) + (coords_y - 0.5) * torch.sin(theta) - offset
+    softness = 0.02 + 0.2 * rand_uniform(generator, n, 1, 1, 1)
+    depth = 0.85 * rand_uniform(generator, n, 1, 1, 1)
+    shadow = 1.0 - depth * torch.sigmoid(side / softness)
+    return (images * shading * shadow).clamp(0.0, 1.0)
+
+
 def chunk_seed(seed: int, chunk: int) -> int:
     """A well-mixed 63-bit seed for one (dataset seed, chunk index) pair."""
     state = np.random.SeedSequence([seed, chunk]).generate_state(2, dtype=np.uint32)
@@ -237,8 +270,10 @@ class SyntheticLowLight(Dataset):
         camera_seed: int | None = 0,
         noise_model: str = "gaussian",
         raw_space: str = "camera",
+        lighting: str = "flat",
     ) -> None:
         check_synthetic_args(n, size, seed)
+        self.lighting = check_lighting(lighting)
         channel_offsets(pattern)  # validates the pattern name
         check_noise_model(noise_model)
         self.raw_space = check_raw_space(raw_space)
@@ -251,7 +286,7 @@ class SyntheticLowLight(Dataset):
         data = synthesize_chunks(
             n,
             seed,
-            lambda count, generator: (render_scenes(count, size, generator), {}),
+            lambda count, generator: (self._render(count, size, generator), {}),
             ratio_range=ratio_range,
             shot_range=shot_range,
             pattern=pattern,
@@ -260,6 +295,10 @@ class SyntheticLowLight(Dataset):
             raw_space=raw_space,
         )
         self._raw, self._rgb, self._ratio = data["raw"], data["rgb"], data["ratio"]
+
+    def _render(self, count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+        images = render_scenes(count, size, generator)
+        return shade_scenes(images, generator) if self.lighting == "shaded" else images
 
     def __len__(self) -> int:
         return self.n
