@@ -65,10 +65,13 @@ def test_dataset_lighting_option() -> None:
     assert shaded.mean() < flat.mean()
     with pytest.raises(ValueError, match="lighting must be one of flat, shaded"):
         SyntheticLowLight(4, size=32, lighting="dim")
-    cfg = from_dict({"data": {"lighting": "shaded", "train_size": 4, "val_size": 4,
-                              "test_size": 4, "crop": 32}})
-    assert torch.equal(build_splits(cfg.data)["train"].tensors()["rgb"],
-                       SyntheticLowLight(4, size=32, seed=0, lighting="shaded").tensors()["rgb"])
+    cfg = from_dict(
+        {"data": {"lighting": "shaded", "train_size": 4, "val_size": 4, "test_size": 4, "crop": 32}}
+    )
+    assert torch.equal(
+        build_splits(cfg.data)["train"].tensors()["rgb"],
+        SyntheticLowLight(4, size=32, seed=0, lighting="shaded").tensors()["rgb"],
+    )
     faces = from_dict({"data": {"name": "synthetic_faces", "lighting": "shaded"}})
     with pytest.raises(ConfigError, match="data.lighting: dataset 'synthetic_faces' supports"):
         build_splits(faces.data)

@@ -2,8 +2,8 @@
 
 Why: quick starts, tests and CI need a low-light task that needs no download and is the same on
 every machine. Scenes are rendered in torch (gradients, textured rectangles and ellipses, thin
-text-like strokes), unprocessed to RAW with :mod:`bgl.raw.unprocess`, darkened, made noisy and
-amplified back by the exposure ratio.
+text-like strokes), optionally lit unevenly (:func:`shade_scenes`), unprocessed to RAW with
+:mod:`bgl.raw.unprocess`, darkened, made noisy and amplified back by the exposure ratio.
 
 Sample ``i`` of ``SyntheticLowLight(n, size, seed)`` depends only on ``(seed, i)`` and the
 rendering/noise settings, not on ``n``: samples are made in fixed chunks, each with its own
@@ -27,7 +27,7 @@ from bgl.raw.colour import canonical_packed, check_raw_space
 from bgl.raw.noise import check_noise_model
 from bgl.raw.unprocess import DEFAULT_RATIO_RANGE, DEFAULT_SHOT_RANGE, synthesize_low_light
 
-__all__ = ["CHUNK", "SyntheticLowLight", "in_raw_space", "render_scenes"]
+__all__ = ["CHUNK", "SyntheticLowLight", "in_raw_space", "render_scenes", "shade_scenes"]
 
 #: Samples are rendered in chunks of this many images, each chunk from its own generator.
 CHUNK = 32
@@ -145,9 +145,7 @@ def render_scenes(n: int, size: int, generator: torch.Generator | None = None) -
 def check_lighting(lighting: str) -> str:
     """``lighting`` if it names a scene lighting (:data:`bgl.config.SCENE_LIGHTINGS`)."""
     if lighting not in SCENE_LIGHTINGS:
-        raise ValueError(
-            f"lighting must be one of {', '.join(SCENE_LIGHTINGS)}; got {lighting!r}"
-        )
+        raise ValueError(f"lighting must be one of {', '.join(SCENE_LIGHTINGS)}; got {lighting!r}")
     return lighting
 
 
@@ -257,6 +255,8 @@ class SyntheticLowLight(Dataset):
     ``noise_model``: "gaussian" or "physics", see :func:`synthesize_low_light`. ``raw_space``:
     "camera" (the camera's RAW) or "canonical" (white-balanced, sRGB primaries; best with
     ``camera_seed=None``, so F sees many cameras and needs none of their colour pipelines).
+    ``lighting``: "flat" (scenes evenly lit, as rendered) or "shaded" (:func:`shade_scenes`:
+    shading and shadows, so dark regions are as common as in photographs).
     """
 
     def __init__(
