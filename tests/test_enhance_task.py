@@ -211,20 +211,50 @@ def test_evaluate_per_image_means_and_restores_modes(nets) -> None:
     assert set(metrics) >= {"psnr", "ssim", "psnr_generator", "upper_loss", "lower_loss"}
 
     upper.eval(), lower.eval()
-    per_image, per_image_gen, l1s, lowers = [], [], [], []
+    per_image, per_image_gen, l1s, lowers, passthrough = [], [], [], [], []
     with torch.no_grad():
         for b in batches:
             x01 = upper(b["raw"]).clamp(0, 1)
-            y = (x01 / lower(x01)).clamp(0, 1)
+            illumination = lower(x01)
+            y = (x01 / illumination).clamp(0, 1)
             per_image += psnr_by_hand(y, b["rgb"])
             per_image_gen += psnr_by_hand(x01, b["rgb"])
+            for image in illumination:  # pixels G leaves alone: L >= 0.99 in all three channels
+                alone = [
+                    all(image[c, i, j] >= 0.99 for c in range(3))
+                    for i in range(image.shape[1])
+                    for j in range(image.shape[2])
+                ]
+                passthrough.append(sum(alone) / len(alone))
             l1s += [(y - b["rgb"]).abs().mean().item()] * len(y)
             lowers += [task.lower_loss(upper, lower, b).item()] * len(y)
     assert metrics["psnr"] == pytest.approx(sum(per_image) / 3, rel=1e-5)
     assert metrics["psnr_generator"] == pytest.approx(sum(per_image_gen) / 3, rel=1e-5)
+    # no input_gain: G's input is F's image itself
+    assert metrics["psnr_g_input"] == pytest.approx(sum(per_image_gen) / 3, rel=1e-5)
+    assert metrics["g_passthrough"] == pytest.approx(sum(passthrough) / 3, abs=1e-6)
     assert metrics["upper_loss"] == pytest.approx(sum(l1s) / 3, rel=1e-5)
     assert metrics["lower_loss"] == pytest.approx(sum(lowers) / 3, rel=1e-5)
     assert 0.0 < metrics["ssim"] <= 1.0
+
+
+def test_a_g_saturated_at_one_is_reported_as_passing_everything_through(nets) -> None:
+    """A G whose illumination is 1 everywhere is the identity: g_passthrough 1 and the chain's
+    PSNR equals that of G's input as it is; for a gain model that input is not re-exposed."""
+    upper, lower = nets
+    task = EnhanceTask(width=8, input_gain=30.0)
+    batch = make_batch(b=2, h=8, w=8, seed=3) | {"ratio": torch.tensor([100.0, 250.0])}
+    working = task.evaluate(upper, lower, [batch])
+    assert 0.0 <= working["g_passthrough"] < 1.0
+    with torch.no_grad():
+        lower.out_conv[0].bias.fill_(30.0)  # sigmoid -> 1: L = clamp(x + 1) = 1
+        x01 = upper(task.upper_input(batch)).clamp(0, 1)
+    saturated = task.evaluate(upper, lower, [batch])
+    assert saturated["g_passthrough"] == 1.0
+    assert saturated["psnr"] == pytest.approx(saturated["psnr_g_input"], abs=1e-9)
+    by_hand = sum(psnr_by_hand(x01, batch["rgb"])) / 2
+    assert saturated["psnr_g_input"] == pytest.approx(by_hand, rel=1e-5)
+    assert saturated["psnr_generator"] != pytest.approx(by_hand, rel=1e-3)  # re-exposed
 
 
 def test_evaluate_leaves_eval_modules_in_eval(nets) -> None:

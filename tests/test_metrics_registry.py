@@ -57,7 +57,8 @@ def batch(b: int = 2, size: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
 def test_default_evaluate_keys_are_unchanged() -> None:
     metrics = EnhanceTask(width=4).evaluate(*nets(), [batch()])
     assert set(metrics) == {
-        "psnr", "ssim", "psnr_generator", "psnr_input", "upper_loss", "lower_loss",
+        "psnr", "ssim", "psnr_generator", "psnr_input", "psnr_g_input", "g_passthrough",
+        "upper_loss", "lower_loss",
     }  # fmt: skip
     assert task_options("enhance")["metrics"] == ("psnr", "ssim")
 

@@ -54,6 +54,10 @@ SCI_OFFSETS: tuple[tuple[int, int], ...] = (
 )  # fmt: skip
 
 
+#: Illumination at or above this level in every channel leaves a pixel as G received it.
+PASSTHROUGH_LEVEL = 0.99
+
+
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
     """BT.601 YCbCr of an RGB batch (B, 3, H, W), without the constant offsets."""
     return torch.einsum("oc,bchw->bohw", _YCBCR.to(dtype=x.dtype, device=x.device), x)
@@ -309,12 +313,21 @@ class EnhanceTask(Task):
         afterwards. `psnr_input` is the naive baseline: the amplified RAW shown directly (see
         `amplified_input`).
 
+        What G itself does: `psnr_g_input` scores G's input clamp(F(raw), 0, 1) as it is (for a
+        gain model F may stop rendering a dark image in the bilevel phase, and re-exposing it
+        then says little), so psnr - psnr_g_input is G's own gain; `g_passthrough` is the
+        fraction of pixels whose illumination is >= 0.99 in every channel, where y = x and G does
+        nothing (1.0: G has become the identity, as SCI's loss allows with L = 1).
+
         The further `metrics` are per-image means of y as well, keyed by name; LOE compares y
         with that amplified input (the low-light image it was enhanced from). An image a metric
         leaves undefined (NaN, e.g. BRISQUE of a perfectly flat image) is left out of that
         metric's mean, with a warning.
         """
-        keys = ("psnr", "ssim", "psnr_generator", "psnr_input", "upper_loss", "lower_loss")
+        keys = (
+            "psnr", "ssim", "psnr_generator", "psnr_input", "psnr_g_input", "g_passthrough",
+            "upper_loss", "lower_loss",
+        )  # fmt: skip
         extra = [get_metric(m) for m in self.metrics if m not in keys]
         sums = dict.fromkeys(keys, 0.0)
         extra_sums = {spec.name: 0.0 for spec in extra}
@@ -329,6 +342,9 @@ class EnhanceTask(Task):
                 sums["ssim"] += ssim(y, rgb).sum().item()
                 sums["psnr_generator"] += psnr(self.generator_alone(x01, batch), rgb).sum().item()
                 sums["psnr_input"] += psnr(amplified_input(batch["raw"]), rgb).sum().item()
+                sums["psnr_g_input"] += psnr(x01, rgb).sum().item()
+                passthrough = (illumination >= PASSTHROUGH_LEVEL).all(dim=1).flatten(1)
+                sums["g_passthrough"] += passthrough.float().mean(dim=1).sum().item()
                 upper_value = F.l1_loss(y, rgb)
                 if self.l1_weight:
                     upper_value += self.l1_weight * F.l1_loss(x, self.generator_target(batch))
