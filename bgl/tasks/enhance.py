@@ -54,7 +54,7 @@ SCI_OFFSETS: tuple[tuple[int, int], ...] = (
 )  # fmt: skip
 
 
-#: Illumination at or above this level in every channel leaves a pixel as G received it.
+#: Illumination at or above this level leaves a pixel's channel as G received it.
 PASSTHROUGH_LEVEL = 0.99
 
 
@@ -316,8 +316,9 @@ class EnhanceTask(Task):
         What G itself does: `psnr_g_input` scores G's input clamp(F(raw), 0, 1) as it is (for a
         gain model F may stop rendering a dark image in the bilevel phase, and re-exposing it
         then says little), so psnr - psnr_g_input is G's own gain; `g_passthrough` is the
-        fraction of pixels whose illumination is >= 0.99 in every channel, where y = x and G does
-        nothing (1.0: G has become the identity, as SCI's loss allows with L = 1).
+        fraction of pixel values (pixels x channels) whose illumination is >= 0.99, where y = x and
+        G does nothing (1.0: G has become the identity, as SCI's loss allows with L = 1; 2/3: G
+        works on one channel only).
 
         The further `metrics` are per-image means of y as well, keyed by name; LOE compares y
         with that amplified input (the low-light image it was enhanced from). An image a metric
@@ -343,7 +344,7 @@ class EnhanceTask(Task):
                 sums["psnr_generator"] += psnr(self.generator_alone(x01, batch), rgb).sum().item()
                 sums["psnr_input"] += psnr(amplified_input(batch["raw"]), rgb).sum().item()
                 sums["psnr_g_input"] += psnr(x01, rgb).sum().item()
-                passthrough = (illumination >= PASSTHROUGH_LEVEL).all(dim=1).flatten(1)
+                passthrough = (illumination >= PASSTHROUGH_LEVEL).flatten(1)
                 sums["g_passthrough"] += passthrough.float().mean(dim=1).sum().item()
                 upper_value = F.l1_loss(y, rgb)
                 if self.l1_weight:
