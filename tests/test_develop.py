@@ -336,3 +336,20 @@ def test_auto_tiles_follow_the_training_crop_and_gain_models_re_expose(photo, tm
     np.testing.assert_allclose(got, want.permute(1, 2, 0).numpy(), atol=1 / 65535)
     assert np.abs(got - one_tile.detach().permute(1, 2, 0).numpy()).max() > 1e-3  # tiles differ
     assert result.output_shape == (48, 64)
+
+
+def test_enhancement_network_is_rebuilt_with_its_trained_form(tmp_path):
+    """G's form options travel in the checkpoint's config: a G trained with the headroom
+    residual is developed with it (the same weights under SCI's form give another image)."""
+    cfg = tiny_config_dict(
+        tmp_path,
+        task={"options": {"width": 4, "headroom_residual": True, "smooth_sigma": 0.1}},
+        model={"generator_width": 4},
+    )
+    trainer = Trainer(from_dict(cfg))
+    path = trainer.save(tmp_path / "headroom.pt")
+    lower = load_models(path, enhance=True).lower
+    assert lower is not None and lower.headroom_residual
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(lower(x), trainer.lower.eval()(x))

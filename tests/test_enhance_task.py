@@ -83,6 +83,8 @@ def test_defaults_follow_sci() -> None:
     assert (task.fidelity_weight, task.smooth_weight, task.smooth_sigma) == (1.5, 1.0, 10.0)
     assert task.input_residual and task.build_lower().input_residual
     assert not EnhanceTask(input_residual=False).build_lower().input_residual
+    assert not task.build_lower().headroom_residual
+    assert EnhanceTask(headroom_residual=True).build_lower().headroom_residual
     assert (task.warm_generator_weight, task.warm_detach_lower) == (1.0, True)
     assert (task.name, task.primary_metric, task.mode) == ("enhance", "psnr", "max")
 

@@ -161,7 +161,35 @@ def test_input_residual_illumination_dominates_input() -> None:
     torch.testing.assert_close(y, x.clamp(0, 1) / illum)
 
 
+def test_headroom_residual_is_x_plus_headroom_times_s() -> None:
+    g = IlluminationNet(width=8, headroom_residual=True).eval()
+    x = torch.rand(2, 3, 16, 16) * 1.2 - 0.1
+    x01 = x.clamp(0, 1)
+    fea = g.in_conv(x01)
+    s = g.out_conv(fea + g.mid_conv(fea))
+    by_hand = x01 + (1 - x01) * s
+    torch.testing.assert_close(g(x), by_hand)
+    assert (g(x) >= x01 - 1e-6).all() and (g(x) <= 1).all()
+
+
+def test_headroom_residual_keeps_a_gradient_where_sci_saturates() -> None:
+    # s near 1 on a bright x: SCI's clamp(x + s, ., 1) is flat at 1, x + (1 - x) s is not
+    x = torch.full((1, 3, 8, 8), 0.8)
+    grads = {}
+    for headroom in (False, True):
+        torch.manual_seed(0)
+        g = IlluminationNet(width=4, headroom_residual=headroom)
+        with torch.no_grad():
+            g.out_conv[0].bias.fill_(3.0)  # s ~ 0.95
+        g(x).mean().backward()
+        grads[headroom] = g.out_conv[0].bias.grad.abs().sum().item()
+    assert grads[False] == 0.0
+    assert grads[True] > 1e-3
+
+
 def test_illumination_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="needs input_residual"):
+        IlluminationNet(input_residual=False, headroom_residual=True)
     with pytest.raises(ValueError):
         IlluminationNet(min_illumination=0.0)
     with pytest.raises(ValueError):

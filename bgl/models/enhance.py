@@ -23,10 +23,19 @@ class IlluminationNet(nn.Module):
     `input_residual=False`, L = clamp(s, min_illumination, 1); then SCI's fidelity term pulls
     L onto x itself and the trained y = x / L drifts towards 1 (over-exposed) whatever x is. The
     lower clamp keeps x / L finite.
+
+    `headroom_residual=True` (with `input_residual`) scales s by the headroom above x instead:
+    L = x + (1 - x) * s, still in [x, 1] but never clamped at 1. SCI's form has a dead zone: once
+    x + s >= 1 on a pixel, L = 1 there and no gradient reaches θ, so a G whose s drifts up (or
+    an F that brightens x) freezes into the identity for good (the quickstart run's seed 3).
     """
 
     def __init__(
-        self, width: int = 16, min_illumination: float = 1e-3, input_residual: bool = True
+        self,
+        width: int = 16,
+        min_illumination: float = 1e-3,
+        input_residual: bool = True,
+        headroom_residual: bool = False,
     ) -> None:
         super().__init__()
         if width < 1:
@@ -36,6 +45,9 @@ class IlluminationNet(nn.Module):
         self.width = width
         self.min_illumination = float(min_illumination)
         self.input_residual = bool(input_residual)
+        self.headroom_residual = bool(headroom_residual)
+        if self.headroom_residual and not self.input_residual:
+            raise ValueError("headroom_residual scales the input residual: it needs input_residual")
         self.in_conv = nn.Sequential(nn.Conv2d(3, width, kernel_size=3, padding=1), nn.ReLU())
         self.mid_conv = nn.Sequential(
             nn.Conv2d(width, width, kernel_size=3, padding=1),
@@ -52,7 +64,9 @@ class IlluminationNet(nn.Module):
         fea = self.in_conv(x)
         fea = fea + self.mid_conv(fea)
         illumination = self.out_conv(fea)
-        if self.input_residual:
+        if self.headroom_residual:
+            illumination = x + (1.0 - x) * illumination
+        elif self.input_residual:
             illumination = illumination + x
         return illumination.clamp(self.min_illumination, 1.0)
 

@@ -106,7 +106,10 @@ class EnhanceTask(Task):
 
     Default weights follow SCI's released training code, whose loss is
     `1.5 * fidelity + 1.0 * smoothness` (sigma 10). `input_residual` selects G's SCI-style
-    L = clamp(x + s) (default) or the plain L = clamp(s); see `IlluminationNet`.
+    L = clamp(x + s) (default) or the plain L = clamp(s); `headroom_residual` the never-saturating
+    L = x + (1 - x) s. With `smooth_sigma` well below 1 the smoothness is edge-aware; at SCI's 10
+    it is a plain total variation that a constant L = 1 zeroes, so on a bright, textured x the
+    identity minimises L_G (README: "What G does"). See `IlluminationNet`.
 
     `metrics` names the image-quality metrics `evaluate` reports for the enhanced image (see
     `bgl.metrics.registry.METRICS`: psnr, ssim, lpips, vif, fsim, brisque, niqe, loe); psnr and
@@ -126,6 +129,7 @@ class EnhanceTask(Task):
         fidelity_weight: float = 1.5,
         smooth_sigma: float = 10.0,
         input_residual: bool = True,
+        headroom_residual: bool = False,
         warm_generator_weight: float = 1.0,
         warm_detach_lower: bool = True,
         input_gain: float | None = None,
@@ -147,6 +151,7 @@ class EnhanceTask(Task):
         self.fidelity_weight = float(fidelity_weight)
         self.smooth_sigma = float(smooth_sigma)
         self.input_residual = bool(input_residual)
+        self.headroom_residual = bool(headroom_residual)
         self.warm_generator_weight = float(warm_generator_weight)
         self.l1_weight = float(l1_weight)
         self.warm_detach_lower = bool(warm_detach_lower)
@@ -165,6 +170,7 @@ class EnhanceTask(Task):
             width=self.width,
             min_illumination=self.min_illumination,
             input_residual=self.input_residual,
+            headroom_residual=self.headroom_residual,
         )
 
     # -- shared pieces ---------------------------------------------------------------------------
