@@ -28,6 +28,7 @@ from bgl.bench.faults import (
 from bgl.cli import main
 from bgl.study.faults import FAULT_DIR_ENV, FAULT_HOLD_ENV
 from bgl.study.journal import TUNE_TRIAL_ATTR, open_journal
+from bgl.study.tune_state import latest_checkpoints
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def _optuna_trials(study_dir: Path, name: str) -> list[optuna.trial.FrozenTrial]
     return optuna.load_study(study_name=name, storage=open_journal(study_dir)).trials
 
 
-def test_driver_killed_at_four_moments_resumes_to_the_end(tmp_path):
+def test_driver_killed_at_five_moments_resumes_to_the_end(tmp_path):
     n = 3
     study_yaml = fault_study(tmp_path, num_samples=n)
     study_dir = tmp_path / "results" / "faults"
@@ -61,6 +62,10 @@ def test_driver_killed_at_four_moments_resumes_to_the_end(tmp_path):
         rc = driver.run(resume=i > 0, hold=hold, rows_at_least=rows_at_least, timeout=300)
         log = (tmp_path / "driver.log").read_text()
         assert rc is None, f"{point}: the driver exited ({rc}) before its kill point:\n{log}"
+        if point == "checkpoint_window":  # the hazard is real: the saved state names a
+            # checkpoint that retention has deleted
+            named = [p for p in latest_checkpoints(study_dir / "tune").values() if p]
+            assert named and not any(p.exists() for p in named), named
         now = _files(study_dir)
         for name, seen in first_seen.items():  # rows are never rewritten, nor lost
             assert now[name] == seen, f"{point}: {name} was rewritten"
@@ -69,6 +74,8 @@ def test_driver_killed_at_four_moments_resumes_to_the_end(tmp_path):
             corrupt_state(study_dir / "tune", study_dir)
     assert len(first_seen) == n - 1  # all but the last trial, killed while it ran
     assert driver.run(resume=True, timeout=300) == 0, (tmp_path / "driver.log").read_text()
+    log = (tmp_path / "driver.log").read_text()
+    assert "Could not recover from checkpoint" not in log and "restarts from scratch" not in log
 
     rows = _rows(study_dir)
     assert len(rows) == n and {r["status"] for r in rows.values()} == {"completed"}

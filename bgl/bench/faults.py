@@ -1,13 +1,15 @@
-"""`bgl bench faults`: kill a study's driver at four moments of its life, resume after each.
+"""`bgl bench faults`: kill a study's driver at five moments of its life, resume after each.
 
 One campaign = one tiny study (`num_samples` trials, one at a time, trained in the trial
-process) whose driver is SIGKILLed, with its whole process group, at four points pinned by the
-trials' fault markers (`bgl.study.faults`), never by sleeps:
+process, the shipped checkpoint retention) whose driver is SIGKILLed, with its whole process
+group, at five points pinned by the fault markers (`bgl.study.faults`), never by sleeps:
 
-1. before the first trial ends (its first evaluation was reported);
-2. right after a trial's last report (its row is written; Optuna has not been told);
-3. between trials (the next trial has just started);
-4. during the last trial;
+1. in the window between a new checkpoint and the experiment state that names it (retention
+   has deleted the checkpoint the saved state still names);
+2. before the first trial ends (its first evaluation was reported);
+3. right after a trial's last report (its row is written; Optuna has not been told);
+4. between trials (the next trial has just started);
+5. during the last trial;
 
 then resumed to the end. Counted per campaign: kills injected, resumes, crashes (a resume that
 exited non-zero or ended before its kill point), trials trained to the end twice, rows lost
@@ -35,7 +37,13 @@ from rich.table import Table
 
 from bgl.study.faults import FAULT_DIR_ENV, FAULT_HOLD_ENV, occurrences
 
-KILL_POINTS = ("first_trial_running", "after_last_report", "between_trials", "last_trial_running")
+KILL_POINTS = (
+    "checkpoint_window",
+    "first_trial_running",
+    "after_last_report",
+    "between_trials",
+    "last_trial_running",
+)
 
 #: the smallest study that exercises every kill point (seconds per trial on 2 CPUs)
 TINY_BASE: dict[str, Any] = {
@@ -111,8 +119,9 @@ class Driver:
         timeout: float = 600.0,
     ) -> int | None:  # fmt: skip
         """Run the driver; with `hold` ("event:n"), SIGKILL its process group once that fault
-        point is reached (and `rows_at_least` rows exist) and return None; else its exit code.
-        A driver that exits before its kill point returns its exit code."""
+        point is reached (and `rows_at_least` rows exist) and return None; without `hold`, once
+        `rows_at_least` (> 0) rows exist; else its exit code. A driver that exits before its
+        kill point returns its exit code."""
         cmd = [sys.executable, "-m", "bgl.cli", "study", "run", str(self.study_yaml), "--no-live"]
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{FAULT_DIR_ENV: str(self.fault_dir)})
         env.pop(FAULT_HOLD_ENV, None)
@@ -129,7 +138,7 @@ class Driver:
             deadline = time.monotonic() + timeout
             marker = self.fault_dir / f"hold.{hold.replace(':', '.')}" if hold else None
             while proc.poll() is None:
-                reached = marker is not None and marker.exists()
+                reached = marker.exists() if marker is not None else rows_at_least > 0
                 if reached and len(self.rows()) >= rows_at_least:
                     kill_group(proc)
                     return None
@@ -166,6 +175,8 @@ def kill_holder(fault_dir: Path, hold: str, timeout: float = 240.0) -> int:
 def hold_point(point: str, fault_dir: Path, rows: int, num_samples: int) -> tuple[str, int]:
     """The fault marker ("event:n") that pins `point`, and the rows that must exist by then."""
     count = lambda event: occurrences(fault_dir, event)  # noqa: E731
+    if point == "checkpoint_window":  # the running trial's second checkpoint from now
+        return f"checkpoint:{count('checkpoint') + 2}", 0
     if point == "first_trial_running":
         return f"report:{count('report') + 1}", 0
     if point == "after_last_report":
@@ -282,7 +293,7 @@ def run_faults_bench(
         for r in range(repeats):
             folder = Path(tmp) / f"campaign{r}"
             folder.mkdir()
-            corrupt = KILL_POINTS[2] if r % 2 else None  # every other campaign
+            corrupt = "between_trials" if r % 2 else None  # every other campaign
             c = run_campaign(folder, num_samples=num_samples, corrupt_after=corrupt)
             row = {"bench": "faults", "campaign": r, "num_samples": num_samples, **asdict(c)}
             row["state_corrupted"] = corrupt is not None
@@ -295,6 +306,125 @@ def run_faults_bench(
             )
     write_rows(rows, Path(out_dir) / f"faults-{stamp}.parquet")
     return rows
+
+
+@dataclass
+class RowKills:
+    """One real study killed right after each new trial row, resumed after each kill."""
+
+    kills: int = 0
+    resumes: int = 0
+    resume_failures: int = 0  # a resume that exited non-zero
+    rows: int = 0
+    trials_expected: int = 0
+    duplicate_rows: int = 0
+    not_completed: int = 0  # rows whose status is not completed (an error row: a lost trial)
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def run_row_kills(
+    study_yaml: Path, folder: Path, expected: int, timeout: float = 600.0
+) -> RowKills:
+    """Run the study in `folder` (its output_dir moved there), SIGKILL the driver's process group
+    as soon as the n-th trial row appears (n = 1, 2, ...: a user's ^C-less crash right after
+    progress), resume, until a run exits by itself; then check every trial has exactly one
+    row, `completed`. `expected`: the study's trial count."""
+    import pyarrow.parquet as pq
+
+    from bgl.study.schema import load_study
+
+    start = time.perf_counter()
+    data = yaml.safe_load(Path(study_yaml).read_text())
+    data["output_dir"] = str(folder / "results")
+    local = folder / Path(study_yaml).name
+    local.write_text(yaml.safe_dump(data))
+    study_dir = load_study(local).study_dir
+    driver = Driver(local, study_dir, folder / "markers", folder / "driver.log")
+    out = RowKills(trials_expected=expected)
+    n, resume = 1, False
+    while True:
+        rc = driver.run(resume=resume, rows_at_least=n if n <= expected else 0, timeout=timeout)
+        out.resumes += resume
+        if rc is None:
+            out.kills += 1
+            n = len(driver.rows()) + 1
+            resume = True
+            continue
+        if rc != 0:
+            out.resume_failures += 1
+            out.notes.append(f"driver exited {rc}")
+        break
+    ids = [pq.read_table(p).column("trial_id")[0].as_py() for p in study_dir.glob("trials/*")]
+    statuses = [pq.read_table(p).column("status")[0].as_py() for p in study_dir.glob("trials/*")]
+    out.rows = len(ids)
+    out.duplicate_rows = len(ids) - len(set(ids))
+    out.not_completed = sum(s != "completed" for s in statuses)
+    if out.rows != expected:
+        out.notes.append(f"{out.rows} rows for {expected} trials")
+    out.wall_s = time.perf_counter() - start
+    return out
+
+
+def run_row_kills_bench(
+    study_yaml: Path,
+    kills: int = 20,
+    out_dir: str | Path = "results/bench",
+    console: Console | None = None,
+    work_dir: Path | None = None,
+) -> list[dict[str, Any]]:
+    """Campaigns of `run_row_kills` on one study until `kills` kills are made; one Parquet row
+    per campaign (`<out_dir>/faults-rows-<timestamp>.parquet`)."""
+    from bgl.results.parquet import write_rows
+    from bgl.results.provenance import git_commit
+    from bgl.study.schema import load_study
+
+    console = console or Console()
+    expected = _trial_count(load_study(study_yaml))
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bgl-faults-", dir=work_dir) as tmp:
+        done = 0
+        while done < kills:
+            folder = Path(tmp) / f"campaign{len(rows)}"
+            folder.mkdir()
+            c = run_row_kills(Path(study_yaml), folder, expected)
+            done += c.kills
+            row = {"bench": "faults-rows", "study": str(study_yaml), "campaign": len(rows)}
+            row |= {**asdict(c), "notes": "; ".join(c.notes), "git_commit": git_commit()}
+            rows.append(row)
+            console.log(
+                f"campaign {len(rows)}: {c.kills} kills, {c.resume_failures} failed resumes, "
+                f"{c.rows}/{expected} rows, {c.not_completed} not completed, "
+                f"{c.duplicate_rows} duplicated ({c.wall_s:.0f} s)"
+            )
+    write_rows(rows, Path(out_dir) / f"faults-rows-{stamp}.parquet")
+    return rows
+
+
+def _trial_count(study: Any) -> int:
+    """How many trials the study runs (a grid: its combinations, else num_samples)."""
+    if study.sampler != "grid":
+        return study.num_samples
+    from bgl.study.space import grid_space
+
+    total = 1
+    for value in grid_space(study).values():
+        if isinstance(value, dict) and "grid_search" in value:
+            total *= len(value["grid_search"])
+    return total * study.num_samples
+
+
+def print_row_kills(rows: list[dict[str, Any]], console: Console) -> None:
+    table = Table(title="killed right after each new row, resumed (bgl bench faults --study)")
+    cols = ("kills", "resumes", "resume_failures", "rows", "duplicate_rows", "not_completed")
+    table.add_column("campaign", justify="right")
+    for col in (*cols, "wall (s)"):
+        table.add_column(col.replace("_", " "), justify="right")
+    for r in rows:
+        table.add_row(str(r["campaign"]), *(str(r[c]) for c in cols), f"{r['wall_s']:.0f}")
+    table.add_row("all", *(str(sum(r[c] for r in rows)) for c in cols), "")
+    console.print(table)
 
 
 README_START, README_END = "<!-- faults:start -->", "<!-- faults:end -->"

@@ -87,9 +87,15 @@ def add_bench_commands(subparsers: Any) -> None:
     b.add_argument("--device", default="auto", help="device of the develop timing")
     add_output_dir(b)
     b.set_defaults(func=_bench_scaling)
-    b = bsub.add_parser("faults", help="kill a study's driver at 4 moments, resume; count harm")
+    b = bsub.add_parser("faults", help="kill a study's driver at 5 moments, resume; count harm")
     b.add_argument("--repeats", type=int, default=5, help="kill-and-resume campaigns")
     b.add_argument("--trials", type=int, default=4, help="trials in each campaign's study")
+    b.add_argument(
+        "--study",
+        help="instead: run this study YAML, killed right after each new trial row and resumed, "
+        "until --kills kills (e.g. studies/quickstart.yaml)",
+    )
+    b.add_argument("--kills", type=int, default=20, help="with --study: kills in all")
     b.add_argument("--readme", default="README.md")
     b.add_argument("--no-report", action="store_true", help="do not rewrite the README")
     add_output_dir(b)
@@ -340,6 +346,17 @@ def _bench_scaling(args: argparse.Namespace) -> int:
 
 def _bench_faults(args: argparse.Namespace) -> int:
     from bgl.bench.faults import print_table, run_faults_bench
+
+    if args.study:
+        from pathlib import Path
+
+        from bgl.bench.faults import print_row_kills, run_row_kills_bench
+
+        rows = run_row_kills_bench(
+            Path(args.study), kills=args.kills, out_dir=args.output_dir, console=console
+        )
+        print_row_kills(rows, console)
+        return 0 if all(r["resume_failures"] == r["not_completed"] == 0 for r in rows) else 1
 
     rows = run_faults_bench(
         repeats=args.repeats,

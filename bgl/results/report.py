@@ -15,6 +15,9 @@ FINAL_KEY = "bgl_final"
 TRIAL_END_KEY = "bgl_trial_end"
 #: marks a finished trial's result reported again on a resume (nothing was trained)
 REPLAYED_KEY = "bgl_replayed"
+#: the final report, written beside a trial's final checkpoint: a trial whose newest checkpoint
+#: holds it trained to its end, whatever became of the report on its way to the driver
+END_REPORT_NAME = "end_report.json"
 #: a run's spending (summary key `budget`, row columns `budget_<key>`; see `bgl.train.budget`)
 BUDGET_KEYS = (
     "warm_steps",

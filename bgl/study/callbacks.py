@@ -28,6 +28,7 @@ from bgl.results.tables import (
     trial_row,
     write_trial,
 )
+from bgl.study import faults
 from bgl.study.schema import StudyConfig
 from bgl.study.space import drop_inapplicable
 
@@ -74,9 +75,11 @@ class ParquetResults(Callback):
         config: dict[str, Any] | None,
         status: str | None = None,
         error: str | None = None,
+        replace: bool = False,
     ) -> bool:
-        """Write the trial's row and history unless it has a row already; True if written."""
-        if has_row(self.study_dir, trial_id):
+        """Write the trial's row and history unless it has a row already (`replace`: write it
+        anyway; only a reconciliation repairing an error row does); True if written."""
+        if has_row(self.study_dir, trial_id) and not replace:
             return False
         history = json.loads(result.get("history_json") or "[]")
         params = drop_inapplicable(self.study, dict(config or {}))
@@ -85,6 +88,31 @@ class ParquetResults(Callback):
         )
         write_trial(self.study_dir, trial_id, row, history, self.param_types)
         return True
+
+
+class CheckpointWindowMark(Callback):
+    """Fault injection (only with `BGL_FAULT_DIR` set): marks the `checkpoint` event in the
+    driver, and holds there when it is the configured kill point, between Tune registering a
+    trial's new checkpoint (retention has deleted the dropped ones) and its experiment state
+    reaching the study folder.
+
+    Tune calls `get_state` while it saves its state: after the state file is written to the
+    driver's staging folder and before that folder is copied to storage, so a driver held here
+    leaves on storage the state of the step before, which may name a deleted checkpoint.
+    """
+
+    def __init__(self, study: StudyConfig) -> None:
+        self.study_name = study.name
+        self._pending: list[str] = []
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._pending.append(trial.trial_id)
+
+    def get_state(self) -> dict | None:
+        pending, self._pending = self._pending, []
+        for trial_id in pending:
+            faults.mark("checkpoint", f"{self.study_name}-{trial_id}")
+        return None
 
 
 class PendingWatch(Callback):

@@ -186,9 +186,12 @@ def trial_resources(study: StudyConfig) -> dict[str, float]:
 
 
 def _callbacks(study: StudyConfig, live: Live) -> list[Any]:
-    from bgl.study.callbacks import LiveTable, ParquetResults, PendingWatch
+    from bgl.study.callbacks import CheckpointWindowMark, LiveTable, ParquetResults, PendingWatch
+    from bgl.study.faults import FAULT_DIR_ENV
 
     callbacks: list[Any] = [ParquetResults(study), PendingWatch(study)]
+    if os.environ.get(FAULT_DIR_ENV):
+        callbacks.append(CheckpointWindowMark(study))
     if not study.logging.tensorboard:  # auto loggers are off then: keep Tune's JSON and CSV
         from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 

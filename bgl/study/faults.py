@@ -9,7 +9,11 @@ killed there: the driver's process group, or only that process), which pins the 
 moment.
 
 Events: `start` (training is about to begin), `report` (an evaluation was reported), `end` (the
-trial's final report was sent).
+trial's final report was sent), and one the study's driver marks: `checkpoint` (Tune has
+registered a trial's new checkpoint, and so deleted those its retention drops, while its
+experiment state naming the new one is written to the driver's staging folder but not yet
+copied to the study folder: the window in which a killed driver leaves a saved state that names a
+deleted checkpoint; see `bgl.study.tune_state`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 FAULT_DIR_ENV = "BGL_FAULT_DIR"
 FAULT_HOLD_ENV = "BGL_FAULT_HOLD"
-EVENTS = ("start", "report", "end")
+EVENTS = ("start", "report", "end", "checkpoint")
 
 
 def mark(event: str, run_name: str) -> None:

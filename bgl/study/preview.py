@@ -18,14 +18,13 @@ is plain JSON (lists, dicts, strings, numbers, None).
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict
 from typing import Any
 
 from bgl.config import ConfigError, RunConfig
 from bgl.solvers import get_solver
 from bgl.study.schema import ParamSpec, StudyConfig
-from bgl.study.space import drop_inapplicable
+from bgl.study.space import drop_inapplicable, grid_points
 
 #: the run settings each row shows, besides its task and solver
 SETTINGS = ("data.name", "solver.k", "train.warm_steps", "train.steps")
@@ -83,33 +82,24 @@ def range_text(p: ParamSpec) -> str:
 # -- grid -------------------------------------------------------------------------------------
 
 
-class _Grid(list):
-    """A grid_search axis (a list of choices), told apart from a constant that is a list."""
-
-
 def _grid_rows(study: StudyConfig) -> list[dict[str, Any]]:
-    space: dict[str, Any] = {"task.name": _Grid(study.tasks), "solver.name": _Grid(study.solvers)}
-    for p in study.params:  # as grid_space: a later key replaces an earlier one in place
-        space[p.path] = p.value if p.type == "constant" else _Grid(p.choices or [])
-    # Tune sorts its grid axes by key and varies the first fastest (an odometer)
-    axes = sorted(key for key, value in space.items() if isinstance(value, _Grid))
+    points = grid_points(study)
+    per_sample = len(points) // max(study.num_samples, 1)
     rows = []
-    for sample in range(study.num_samples):
-        for values in itertools.product(*(space[key] for key in reversed(axes))):
-            config = {**space, **dict(zip(reversed(axes), values, strict=True))}
-            params = drop_inapplicable(study, config)
-            rows.append(
-                {
-                    "index": len(rows) + 1,
-                    "kind": "grid",
-                    "sample": sample + 1,
-                    "task": params["task.name"],
-                    "solver": params["solver.name"],
-                    "params": params,
-                    "sampled": [],
-                    "settings": _settings(study.trial_config(params)),
-                }
-            )
+    for i, config in enumerate(points):
+        params = drop_inapplicable(study, config)
+        rows.append(
+            {
+                "index": i + 1,
+                "kind": "grid",
+                "sample": i // per_sample + 1,
+                "task": params["task.name"],
+                "solver": params["solver.name"],
+                "params": params,
+                "sampled": [],
+                "settings": _settings(study.trial_config(params)),
+            }
+        )
     return rows
 
 

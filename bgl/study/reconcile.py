@@ -15,6 +15,13 @@ points. The rule: a trial finished in any record is finished in all of them.
   (`StudySearch`), so no Optuna trial is left RUNNING and none is asked twice.
 - A trial that has a row but that Tune will restart is *replayed*: the trainable reports the
   recorded result without training, and neither the row nor Optuna is touched again.
+- A trial whose newest whole checkpoint holds its end report trained to its end: a missing row
+  is written from that report, and an error row (a restore that failed, a driver that died as
+  the report travelled) is replaced by it; the trial is then replayed. Optuna keeps a trial it
+  was told failed as failed (a finished Optuna trial cannot be updated): its sampler does not
+  learn from it, the tables hold it completed.
+- Before Tune restores, its saved state is repaired so that no trial restores from a checkpoint
+  that retention deleted (`bgl.study.tune_state`).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from bgl.results.report import FINAL_KEY, REPLAYED_KEY, TRIAL_END_KEY
 from bgl.results.tables import finished_trials, read_row
 from bgl.study.journal import JOURNAL, TUNE_TRIAL_ATTR, load_trials, open_journal
 from bgl.study.schema import StudyConfig
+from bgl.study.tune_state import end_report, repair_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +54,11 @@ class Reconciled:
     tune_trials: dict[str, str] | None = None  # Tune trial id -> status; None: state unusable
     replay: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> report to replay
     rows_written: int = 0
+    rows_repaired: int = 0  # error rows replaced by the end report of a trial that ended
     optuna_told: int = 0
     optuna_released: int = 0
+    checkpoints_repointed: int = 0
+    restarted: int = 0  # unfinished trials with no whole checkpoint left
 
     @property
     def tune_usable(self) -> bool:
@@ -56,8 +67,10 @@ class Reconciled:
     def summary(self) -> str:
         return (
             f"{len(self.rows)} finished trials; {self.rows_written} rows recovered, "
-            f"{self.optuna_told} Optuna trials closed, {self.optuna_released} released to be "
-            f"run, {len(self.replay)} to replay"
+            f"{self.rows_repaired} error rows repaired, {self.optuna_told} Optuna trials "
+            f"closed, {self.optuna_released} released to be run, {len(self.replay)} to replay, "
+            f"{self.checkpoints_repointed} trials repointed to a checkpoint that exists, "
+            f"{self.restarted} restarted from scratch"
         )
 
 
@@ -88,6 +101,25 @@ def reconcile(study: StudyConfig, tune_dir: Path | None) -> Reconciled:
         out.tune_trials = {t.trial_id: str(t.status) for t in trials}
     rows = finished_trials(study_dir)
 
+    # the trial trained to its end (its final checkpoint holds the report): a row from it
+    for t in trials or []:
+        erred = (
+            t.trial_id in rows
+            and t.status == "ERROR"
+            and read_row(study_dir, t.trial_id).get("status") == "error"
+        )
+        if t.trial_id in rows and not erred:
+            continue
+        report = end_report(tune_dir / t.storage.trial_dir_name) if tune_dir else None
+        if report is None or report.get("status") != "completed":
+            continue
+        writer.record(t.trial_id, {**report, TRIAL_END_KEY: True}, t.config, replace=erred)
+        out.rows_repaired += erred
+        out.rows_written += not erred
+        rows.add(t.trial_id)
+        if erred:
+            log.info("trial %s: its error row replaced by its end report", t.trial_id)
+
     # Tune says finished, no row
     for t in trials or []:
         if t.trial_id in rows:
@@ -109,6 +141,9 @@ def reconcile(study: StudyConfig, tune_dir: Path | None) -> Reconciled:
 
     out.rows = rows
     if trials is not None:
+        repair = repair_checkpoints(tune_dir, rows)
+        out.checkpoints_repointed = len(repair.repointed)
+        out.restarted = len(repair.restarted)
         for t in trials:
             if t.trial_id in rows and t.status not in FINISHED_IN_TUNE:
                 out.replay[t.trial_id] = _replay_report(study, read_row(study_dir, t.trial_id))

@@ -110,13 +110,9 @@ def _resume(study: StudyConfig, live: Live) -> None:
     restored = fit_experiment(
         study, last, resume=True, tune_config=None, param_space=None, live=live
     )
-    if plan.target is None:  # a grid: Tune's own state is the only design
-        if not restored:
-            raise ConfigError(
-                f"{last}: the grid study's Tune state is unreadable, so its unfinished grid "
-                "points cannot be found; finished rows are kept. Start it again under a new "
-                "--set name=..."
-            )
+    if plan.target is None:  # a grid
+        if not restored:  # Tune's state is unusable: the rows say which points are left
+            _resume_grid(study, plan, live)
         return
     rec = reconcile(study, last if restored else None)  # None: Tune's state is not used
     remaining = plan.target - len(rec.rows)
@@ -124,6 +120,66 @@ def _resume(study: StudyConfig, live: Live) -> None:
         name = _next_name(study, plan, "resume")
         log.info("%s: %d trials left to run, in %s", study.name, remaining, name)
         _fit_new(study, name, remaining, plan.target, live)
+
+
+def _resume_grid(study: StudyConfig, plan: Plan, live: Live) -> None:
+    """Run the grid points no row holds, in a new experiment: a driver killed while Tune copied
+    its state leaves that state torn (Tune writes it in place), and the grid is the study's
+    design, so the rows alone say what is left. A trial that was running restarts from scratch
+    (its checkpoints belong to the torn experiment)."""
+    from bgl.results.tables import finished_trials, read_row
+    from bgl.study.space import missing_grid_points
+
+    reconcile(study, None)
+    done = []
+    for trial_id in sorted(finished_trials(study.study_dir)):
+        row = read_row(study.study_dir, trial_id)
+        done.append({k[len("param.") :]: v for k, v in row.items() if k.startswith("param.")})
+    missing = missing_grid_points(study, done)
+    log.warning(
+        "%s: Tune's state is unreadable; %d of the grid's points have no row and run now "
+        "(any that was running restarts from scratch)",
+        study.name,
+        len(missing),
+    )
+    if not missing:
+        return
+    name = _next_name(study, plan, "resume")
+    fit_experiment(
+        study,
+        study.study_dir / name,
+        resume=False,
+        tune_config=_points_config(study, missing),
+        param_space=_points_space(missing),
+        live=live,
+    )
+
+
+def _points_config(study: StudyConfig, points: list[dict[str, Any]]) -> Any:
+    """A Tune config that runs exactly `points` (trial configs), each once."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return tune.TuneConfig(
+        search_alg=BasicVariantGenerator(
+            points_to_evaluate=points, max_concurrent=study.resources.max_concurrent_trials
+        ),
+        num_samples=len(points),
+        reuse_actors=True,
+    )
+
+
+def _points_space(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Tune only accepts preset points whose keys its space has, with values in their domain."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for point in points:
+        for key, value in point.items():
+            values = space.setdefault(key, [])
+            if value not in values:
+                values.append(value)
+    return {key: tune.choice(values) for key, values in space.items()}
 
 
 def _extend(study: StudyConfig, extra: int, live: Live) -> None:

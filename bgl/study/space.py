@@ -8,6 +8,7 @@ the results table.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +74,54 @@ def grid_space(study: StudyConfig) -> dict[str, Any]:
     for p in study.params:
         space[p.path] = p.value if p.type == "constant" else tune.grid_search(p.choices)
     return space
+
+
+class _Axis(list):
+    """A grid_search axis (a list of choices), told apart from a constant that is a list."""
+
+
+def grid_points(study: StudyConfig) -> list[dict[str, Any]]:
+    """Every trial config of a grid study, in the order Tune runs them (`grid_space`, each
+    combination `num_samples` times)."""
+    space: dict[str, Any] = {"task.name": _Axis(study.tasks), "solver.name": _Axis(study.solvers)}
+    for p in study.params:  # as grid_space: a later key replaces an earlier one in place
+        space[p.path] = p.value if p.type == "constant" else _Axis(p.choices or [])
+    # Tune sorts its grid axes by key and varies the first fastest (an odometer)
+    axes = sorted(key for key, value in space.items() if isinstance(value, _Axis))
+    points = []
+    for _ in range(study.num_samples):
+        for values in itertools.product(*(space[key] for key in reversed(axes))):
+            points.append({**space, **dict(zip(reversed(axes), values, strict=True))})
+    return [{k: list(v) if isinstance(v, _Axis) else v for k, v in p.items()} for p in points]
+
+
+def missing_grid_points(
+    study: StudyConfig, finished: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The grid points no finished trial ran: `finished` holds each finished trial's params
+    (config paths -> values); a point counts once per trial that ran it."""
+    left = [_key(study, p) for p in finished]
+    missing = []
+    for point in grid_points(study):
+        key = _key(study, point)
+        if key in left:
+            left.remove(key)
+        else:
+            missing.append(point)
+    return missing
+
+
+def _key(study: StudyConfig, params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A trial's identity in its grid: its applicable values, compared as text (a results
+    file may hold 2 where the YAML said 2.0)."""
+    applied = drop_inapplicable(study, params)
+    return tuple(sorted((k, _text(v)) for k, v in applied.items() if v is not None))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def drop_inapplicable(study: StudyConfig, params: dict[str, Any]) -> dict[str, Any]:

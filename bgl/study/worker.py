@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bgl.config import from_dict
-from bgl.results.report import FINAL_KEY, flatten_summary
+from bgl.results.report import END_REPORT_NAME, FINAL_KEY, flatten_summary
 from bgl.study import faults
 from bgl.train.checkpoint import CHECKPOINT_NAME
 from bgl.train.loop import Callbacks, DivergedError, Trainer
@@ -42,14 +42,27 @@ def _api(name: str) -> Any:
 
 
 def report_with_checkpoint(trainer: Trainer, metrics: dict[str, Any], api: str = "train") -> None:
-    """Every rank reports; rank 0 attaches the checkpoint (V2 keeps metrics with checkpoints)."""
+    """Every rank reports; rank 0 attaches the checkpoint (V2 keeps metrics with checkpoints).
+    The final report is also written into its checkpoint (`END_REPORT_NAME`), so a resume can
+    recover it when the driver died before it arrived (`bgl.study.tune_state`)."""
     module = _api(api)
     if trainer.rank != 0:
         module.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         trainer.save(Path(tmp) / CHECKPOINT_NAME)
+        if metrics.get(FINAL_KEY):
+            text = json.dumps(metrics, default=_plain)
+            (Path(tmp) / END_REPORT_NAME).write_text(text)
         module.report(metrics, checkpoint=module.Checkpoint.from_directory(tmp))
+
+
+def _plain(value: Any) -> Any:
+    """JSON for the odd report value (NumPy scalars, paths)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 class StartupClock:
