@@ -53,7 +53,10 @@ class DataConfig:
     seed: int = 0  # the dataset's own seed (synthetic scenes); fixed across trial seeds
     train_size: int = 64  # L_G batches come from here (real datasets: 0 = the whole split)
     val_size: int = 16  # L_F batches (the upper level's validation set)
-    test_size: int = 16  # held out: evaluation only
+    test_size: int = 16  # held out: scored and reported (test_* metrics), never chooses
+    # decisions (search objective, ASHA, best checkpoint, `best`) read this split, which neither
+    # level trains on; real datasets take it out of their validation split (bgl.data.splits)
+    select_size: int = 16
     crop: int = 64  # RGB side in pixels; the packed RAW is crop/2
     batch_size: int = 4
     val_batch_size: int = 4

@@ -309,16 +309,25 @@ def test_acdc_label_ids_outside_range(tmp_path):
 
 def test_build_splits_registers_real_datasets(sid, darkface, acdc, caplog):
     cfg = DataConfig(name="sid", root=str(sid.root), crop=32, train_size=4, val_size=0)
-    cfg.test_size = 0
+    cfg.test_size, cfg.select_size = 0, 1
     with caplog.at_level(logging.WARNING):
         splits = build_splits(cfg)
-    assert [len(splits[s]) for s in ("train", "val", "test")] == [4, 3, 3]
+    # the selection item is held out of SID's validation list: L_F never sees it
+    assert [len(splits[s]) for s in ("train", "val", "select", "test")] == [4, 2, 1, 3]
+    val_raw = [splits["val"][i]["raw"] for i in range(2)]
+    assert not any(torch.equal(splits["select"][0]["raw"], r) for r in val_raw)
     assert "decoding them on the fly" in caplog.text
+    with pytest.raises(ConfigError, match="data.select_size: sid's validation split has 3"):
+        build_splits(
+            DataConfig(
+                name="sid", root=str(sid.root), crop=32, train_size=4, val_size=0, test_size=0
+            )
+        )
     cfg = DataConfig(name="darkface", root=str(darkface[0]), crop=32, train_size=0, val_size=0)
-    cfg.test_size = 0
+    cfg.test_size, cfg.select_size = 0, 1
     assert len(build_splits(cfg)["train"]) == 4
     cfg = DataConfig(name="acdc", root=str(acdc[0]), crop=32, train_size=0, val_size=0)
-    cfg.test_size = 0
+    cfg.test_size, cfg.select_size = 0, 1
     assert build_splits(cfg)["test"][0]["labels"].shape == (32, 32)
     with pytest.raises(ConfigError, match="data.train_size"):
         build_splits(DataConfig(name="sid", root=str(sid.root), crop=32, train_size=50))

@@ -297,9 +297,12 @@ def test_classical_development_of_the_canonical_raw_inverts_unprocessing():
     colours = torch.rand(6, 3, generator=g, dtype=torch.float64) * 0.8 + 0.1
     rgb = colours[:, :, None, None].expand(6, 3, 8, 8).contiguous()
     raw, camera = unprocess(rgb, g)
-    gains = torch.stack(
-        [camera["red_gain"], torch.ones_like(camera["red_gain"]), camera["blue_gain"]], dim=1
-    ) * camera["rgb_gain"][:, None]
+    gains = (
+        torch.stack(
+            [camera["red_gain"], torch.ones_like(camera["red_gain"]), camera["blue_gain"]], dim=1
+        )
+        * camera["rgb_gain"][:, None]
+    )
     canonical = canonical_packed(raw, gains, camera["cam2rgb"])
     assert torch.allclose(classical_development(canonical), rgb, atol=1e-6)
 
@@ -313,8 +316,13 @@ def test_synthetic_canonical_raw_develops_to_the_reference_exposure():
 
     def developed(raw_space):
         data = SyntheticLowLight(
-            8, size=64, seed=0, camera_seed=None, raw_space=raw_space,
-            ratio_range=(1.0, 1.0), shot_range=(1e-9, 1e-9),
+            8,
+            size=64,
+            seed=0,
+            camera_seed=None,
+            raw_space=raw_space,
+            ratio_range=(1.0, 1.0),
+            shot_range=(1e-9, 1e-9),
         )
         raw = torch.stack([data[i]["raw"] for i in range(8)])
         rgb = torch.stack([data[i]["rgb"] for i in range(8)])

@@ -170,3 +170,40 @@ def test_a_full_disk_stops_the_study_with_the_folder_named(tmp_path, monkeypatch
     assert len(rows) == 1 and {r["status"] for r in rows.values()} == {"completed"}
     trials = _optuna_trials(study_dir, "full")
     assert [t.state for t in trials] == [TrialState.COMPLETE]
+
+
+def test_a_resume_repairs_the_error_row_of_a_trial_that_trained_to_its_end(tmp_path):
+    """An error row left by a failed restore (what earlier versions wrote when retention had
+    deleted the checkpoint Tune restored from) is replaced by the trial's end report, found in
+    its final checkpoint; a trial whose final checkpoint holds no end report keeps its error."""
+    from bgl.results.report import END_REPORT_NAME
+    from bgl.study.callbacks import ParquetResults
+    from bgl.study.schema import load_study
+    from bgl.study.tune_state import newest_state, trial_dirs, whole_checkpoints
+
+    study_yaml = fault_study(tmp_path, name="repair", num_samples=2)
+    assert main(["study", "run", str(study_yaml), "--no-live"]) == 0
+    study_dir = tmp_path / "results" / "repair"
+    before = _rows(study_dir)
+    ended, cut = sorted(before)
+    # what a failed restore left: error rows, and Tune holding both trials as ERROR
+    writer = ParquetResults(load_study(study_yaml))
+    lost = "ValueError: Could not recover from checkpoint as it does not exist on storage anymore"
+    for trial_id in before:
+        assert writer.record(trial_id, {}, {}, "error", lost, replace=True)
+    state_path = newest_state(study_dir / "tune")
+    state = json.loads(state_path.read_text())
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        entry[0] = json.dumps({**trial, "status": "ERROR"})
+    state_path.write_text(json.dumps(state))
+    # the second trial's final checkpoint lost its end report: nothing says it ended
+    (whole_checkpoints(trial_dirs(study_dir / "tune")[cut])[-1] / END_REPORT_NAME).unlink()
+
+    assert main(["study", "run", str(study_yaml), "--resume", "--no-live"]) == 0
+    rows = _rows(study_dir)
+    assert rows[ended]["status"] == "completed" and rows[ended]["error"] is None
+    assert rows[ended]["psnr"] == pytest.approx(before[ended]["psnr"], abs=0)
+    assert rows[cut]["status"] == "error" and rows[cut]["error"] == lost
+    history = pq.read_table(study_dir / "history" / f"{ended}.parquet").to_pylist()
+    assert {h["step"] for h in history if h["kind"] == "eval"} == {0, 2, 4}

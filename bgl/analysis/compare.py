@@ -7,7 +7,10 @@ mean over the completed trials (Student t, or a percentile bootstrap with a fixe
 for each group against the baseline group, the paired difference over the seeds both ran
 (`group - baseline`, seed by seed) with its interval and a paired t-test p-value. Notes say
 what makes two groups not comparable: seeds without a partner (left out of the pairing), budgets
-that differ, a group with fewer than two values, trials that failed (left out).
+that differ, a group with fewer than two values, trials that failed (left out). Each paired
+difference also carries what it can say (`bgl.analysis.power`): the minimal detectable effect at
+80% power for its n and spread, an equivalence test (TOST) against `margin`, and the verdict in
+words ("differs by", "equivalent within", "inconclusive (MDE ...)").
 
 ```python
 result = compare_groups(load_trials("results", "solver_ablation"), "psnr", baseline="naive")
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bgl.analysis.power import DEFAULT_MARGIN, minimal_detectable_effect, tost, verdict
 from bgl.analysis.query import (
     ResultsError,
     columns_of,
@@ -114,6 +118,7 @@ def compare_groups(
     baseline: Any = None,
     bootstrap: int = 0,
     check_budgets: bool = True,
+    margin: float = DEFAULT_MARGIN,
 ) -> dict[str, Any]:
     """Per group of `rows` (by the value of column `by`): the metric over its completed trials;
     per other group: the paired difference to `baseline` (default: `naive` when grouping by
@@ -124,12 +129,15 @@ def compare_groups(
     group, baseline first: group, label, trials, n, mean, std, ci_low, ci_high, failed {status:
     count}, no_value, points [{trial_id, seed, value}]), differences (one per other group:
     group, baseline, n_pairs, mean_diff, std_diff, ci_low, ci_high, p_value, excludes_zero,
-    unmatched {group: [seeds], baseline: [seeds]}, n_unmatched), notes (text) and comparable
+    unmatched {group: [seeds], baseline: [seeds]}, n_unmatched, mde (80% power), tost_p,
+    equivalent (within ±`margin`), verdict), margin, notes (text) and comparable
     (False when seeds were unmatched, budgets differ, a group has n < 2 or trials failed).
     `check_budgets=False` where the values were read at equal compute (`bgl.analysis.budget`).
     """
     if bootstrap < 0:
         raise ResultsError(f"--bootstrap {bootstrap}: the number of resamples must be >= 0")
+    if margin <= 0:
+        raise ResultsError(f"--margin {margin}: the equivalence margin must be positive")
     if by == "seed":
         raise ResultsError("--by seed: groups are paired seed by seed; group by another column")
     columns = columns_of(rows)
@@ -186,7 +194,7 @@ def compare_groups(
     differences = []
     base = groups[0]
     for g in groups[1:]:
-        diff = _paired(g, base, bootstrap)
+        diff = _paired(g, base, bootstrap, margin)
         differences.append(diff)
         if diff["n_unmatched"]:
             issues.add("unmatched")
@@ -226,11 +234,41 @@ def compare_groups(
         "interval": "bootstrap" if bootstrap else "t",
         "bootstrap": bootstrap,
         "bootstrap_seed": BOOTSTRAP_SEED if bootstrap else None,
+        "margin": margin,
         "groups": [_public(g) for g in groups],
         "differences": differences,
         "notes": notes,
         "comparable": not issues,
     }
+
+
+def seeds_to_detect(
+    rows: Sequence[Row], metric: str, effect: float, by: str = "solver", baseline: Any = None
+) -> list[dict[str, Any]]:
+    """From a pilot study's trials: per paired comparison to the baseline, the spread of its
+    differences, what the pilot's seeds could detect (MDE) and the seeds it takes to detect
+    `effect` at 80% power (`seeds_needed`; None when the pilot has fewer than two pairs)."""
+    from bgl.analysis.power import seeds_needed
+
+    if effect <= 0:
+        raise ResultsError(f"--detect {effect}: the effect to detect must be positive")
+    result = compare_groups(rows, metric, by=by, baseline=baseline, check_budgets=False)
+    labels = {repr(g["group"]): g["label"] for g in result["groups"]}
+    out = []
+    for d in result["differences"]:
+        std = d["std_diff"]
+        out.append(
+            {
+                "group": labels[repr(d["group"])],
+                "baseline": labels[repr(d["baseline"])],
+                "pilot_pairs": d["n_pairs"],
+                "std_diff": std,
+                "pilot_mde": d["mde"],
+                "effect": effect,
+                "seeds_needed": seeds_needed(std, effect) if std is not None else None,
+            }
+        )
+    return out
 
 
 def _pick_baseline(keys: Sequence[Any], by: str, baseline: Any) -> Any:
@@ -273,8 +311,11 @@ def _public(group: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in group.items() if not k.startswith("_")}
 
 
-def _paired(group: Mapping[str, Any], base: Mapping[str, Any], bootstrap: int) -> dict[str, Any]:
-    """`group - baseline` over the seeds both have (a seed's trials averaged in each group)."""
+def _paired(
+    group: Mapping[str, Any], base: Mapping[str, Any], bootstrap: int, margin: float
+) -> dict[str, Any]:
+    """`group - baseline` over the seeds both have (a seed's trials averaged in each group),
+    with its power and equivalence (`bgl.analysis.power`)."""
     from scipy import stats
 
     a, b = _by_seed(group["points"]), _by_seed(base["points"])
@@ -294,6 +335,9 @@ def _paired(group: Mapping[str, Any], base: Mapping[str, Any], bootstrap: int) -
         "ci_high": None,
         "p_value": None,
         "excludes_zero": None,
+        "mde": None,
+        "tost_p": None,
+        "equivalent": None,
         "unmatched": {"group": only_a, "baseline": only_b},
         "n_unmatched": _unmatched_trials(group["points"], set(seeds))
         + _unmatched_trials(base["points"], set(seeds)),
@@ -311,6 +355,14 @@ def _paired(group: Mapping[str, Any], base: Mapping[str, Any], bootstrap: int) -
             p_value=p if math.isfinite(p) else None,
             excludes_zero=bool(low > 0 or high < 0),
         )
+        std = float(d.std(ddof=1))
+        equivalence = tost(float(d.mean()), std, len(seeds), margin)
+        out.update(
+            mde=minimal_detectable_effect(std, len(seeds)),
+            tost_p=equivalence["p_value"],
+            equivalent=equivalence["equivalent"],
+        )
+    out["verdict"] = verdict(out, margin)
     return out
 
 

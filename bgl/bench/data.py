@@ -146,7 +146,9 @@ def _step(cfg: DataBenchConfig, dataset: Any, crop: int) -> tuple[float, float, 
             "train": {"device": cfg.device, "warm_steps": 0, "steps": 1},
         }
     )
-    trainer = Trainer(run, splits={"train": dataset, "val": dataset, "test": dataset})
+    trainer = Trainer(
+        run, splits={"train": dataset, "val": dataset, "select": dataset, "test": dataset}
+    )
     train_batch, val_batch = next(trainer.train_stream), next(trainer.val_stream)
     trainer.train_stream = itertools.repeat(train_batch)
     trainer.val_stream = itertools.repeat(val_batch)

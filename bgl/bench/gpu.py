@@ -195,7 +195,7 @@ def measure_step(run: Any, cfg: GpuBenchConfig, data: Any) -> dict[str, Any]:
     )
     from bgl.train.loop import Trainer
 
-    trainer = Trainer(run, splits={"train": data, "val": data, "test": data})
+    trainer = Trainer(run, splits={"train": data, "val": data, "select": data, "test": data})
     train_batch, val_batch = repeat_one_batch(trainer)
     m, infos = timed_bilevel_steps(trainer, cfg.repeats, cfg.warmup)
     held = held_tensor_bytes(

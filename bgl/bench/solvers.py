@@ -352,7 +352,9 @@ def fixed_batch_trainer(run_dict: dict[str, Any], **trainer_kwargs: Any) -> tupl
     run = from_dict(run_dict)
     world = trainer_kwargs.get("world", 1)
     data = SyntheticLowLight(2 * run.data.batch_size * world, size=run.data.crop, seed=0)
-    trainer = Trainer(run, splits={"train": data, "val": data, "test": data}, **trainer_kwargs)
+    trainer = Trainer(
+        run, splits={"train": data, "val": data, "select": data, "test": data}, **trainer_kwargs
+    )
     return (trainer, *repeat_one_batch(trainer))
 
 

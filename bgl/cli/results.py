@@ -168,6 +168,13 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
         "number of F and G passes / seconds of training (the smallest final among the trials)",
     )
     p.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="equivalence margin for the two one-sided tests, in the metric's units "
+        "(default 0.1: dB for PSNR)",
+    )
+    p.add_argument(
         "--plot", action="store_true", help="also a PNG of the seeds, means and intervals"
     )
     p.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
@@ -694,6 +701,10 @@ _COMPARE_CSV = (
     "diff_ci_low",
     "diff_ci_high",
     "p_value",
+    "mde",
+    "tost_p",
+    "margin",
+    "verdict",
     "interval",
 )
 
@@ -724,6 +735,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             bootstrap=args.bootstrap,
             check_budgets=args.per == "trial",
+            **({} if args.margin is None else {"margin": args.margin}),
         ),
     }
     result["notes"] = per_notes + result["notes"]
@@ -784,6 +796,10 @@ def _compare_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "diff_ci_low": d.get("ci_low"),
                 "diff_ci_high": d.get("ci_high"),
                 "p_value": d.get("p_value"),
+                "mde": d.get("mde"),
+                "tost_p": d.get("tost_p"),
+                "margin": result["margin"],
+                "verdict": d.get("verdict"),
                 "interval": result["interval"],
             }
         )
@@ -856,11 +872,22 @@ def _compare_tables(result: Mapping[str, Any], width: int | None = None) -> list
         f"paired difference to {base} over the seeds both ran: Δ = group − {base} "
         f"({_favours(result)})"
     )
-    headers = ("pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (paired t)", "CI excl. 0")
-    short = ("pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (t)", "excl. 0")
+    parts[-1] += (
+        f"; MDE: the smallest Δ the test detects at 80% power; equivalence: two one-sided "
+        f"tests against ±{result['margin']:g}"
+    )
+    headers = (
+        "pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (paired t)", "CI excl. 0", "MDE",
+        "TOST p", "verdict",
+    )  # fmt: skip
+    short = (
+        "pairs", "unmatched", "mean Δ", "95% CI of Δ", "p (t)", "excl. 0", "MDE", "TOST p",
+        "verdict",
+    )  # fmt: skip
     cols = [Column(escape(by_header), justify="left")]
     for name in short if narrow else headers:
-        cols.append(Column(name, rank=1 if name in ("unmatched", "excl. 0") else 0))
+        rank = 1 if name in ("unmatched", "excl. 0", "CI excl. 0", "TOST p") else 0
+        cols.append(Column(name, rank=rank, justify="left" if name == "verdict" else "right"))
     labels = {json.dumps(g["group"]): g["label"] for g in result["groups"]}
     for d in result["differences"]:
         excludes = d["excludes_zero"]
@@ -872,6 +899,9 @@ def _compare_tables(result: Mapping[str, Any], width: int | None = None) -> list
             _ci(d["ci_low"], d["ci_high"], spec),
             _fmt(d["p_value"], ".3g"),
             "-" if excludes is None else ("yes" if excludes else "no"),
+            _fmt(d["mde"], spec),
+            _fmt(d["tost_p"], ".3g"),
+            escape(d["verdict"]),
         ]
         for col, cell in zip(cols, cells):
             col.cells.append(cell)
@@ -895,8 +925,8 @@ def _compare_markdown(result: Mapping[str, Any]) -> str:
         f"{_favours(result)})",
         "",
         f"| {result['by']} | n | mean ± std | 95% CI | Δ vs {base} | 95% CI of Δ | p (paired t) "
-        "| pairs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| pairs | MDE (80%) | verdict (margin ±{result['margin']:g}) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for entry in _compare_rows(result):
         is_base = entry["n_pairs"] is None
@@ -910,6 +940,8 @@ def _compare_markdown(result: Mapping[str, Any]) -> str:
             "—" if is_base else _ci(entry["diff_ci_low"], entry["diff_ci_high"], spec),
             "—" if is_base else _fmt(entry["p_value"], ".3g"),
             "—" if is_base else str(entry["n_pairs"]),
+            "—" if is_base else _fmt(entry["mde"], spec),
+            "—" if is_base else str(entry["verdict"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if result["notes"]:

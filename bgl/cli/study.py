@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from bgl.cli.args import add_set_argument, console
 
@@ -48,6 +49,15 @@ def add_study_command(subparsers: Any) -> None:
     p.add_argument(
         "--wide", action="store_true", help="the table at full width (default: fits the terminal)"
     )
+    p.add_argument(
+        "--detect",
+        type=float,
+        metavar="EFFECT",
+        help="with --pilot: the seeds each paired comparison needs to detect a difference of "
+        "EFFECT (the metric's units) at 80%% power, from the pilot's spread",
+    )
+    p.add_argument("--pilot", metavar="STUDY", help="a finished study whose spread plans --detect")
+    p.add_argument("--metric", help="with --detect: the metric (default: the study's first)")
     p.set_defaults(func=study_plan_command)
 
 
@@ -73,20 +83,60 @@ def study_plan_command(args: argparse.Namespace) -> int:
     from bgl.study.preview import plan_trials
     from bgl.study.schema import load_study
 
+    with contextlib.redirect_stdout(sys.stderr if args.format == "json" else sys.stdout):
+        study = load_study(args.study, args.set)  # log lines (warnings) stay out of the JSON
+        plan = plan_trials(study)
+        detect = _detect(args, study)
     if args.format == "json":
-        with contextlib.redirect_stdout(sys.stderr):  # log lines (warnings) stay out of the JSON
-            plan = plan_trials(load_study(args.study, args.set))
-        print(json.dumps(plan, indent=2, default=str))
+        print(json.dumps({**plan, "detect": detect}, indent=2, default=str))
         return 0
-    plan = plan_trials(load_study(args.study, args.set))
     _print_plan(plan, wide=getattr(args, "wide", False))
+    if detect is not None:
+        _print_detect(detect, args.pilot)
     return 0
+
+
+def _detect(args: argparse.Namespace, study: Any) -> list[dict[str, Any]] | None:
+    """`--detect EFFECT --pilot STUDY`: seeds needed per paired comparison (None unless asked)."""
+    from bgl.config import ConfigError
+
+    if args.detect is None and args.pilot is None:
+        return None
+    if args.detect is None or args.pilot is None:
+        raise ConfigError("--detect and --pilot go together: the effect, and whose spread")
+    from bgl.analysis.compare import seeds_to_detect
+    from bgl.analysis.query import load_trials
+
+    rows = load_trials(study.output_dir, args.pilot)
+    metric = args.metric or study.objectives[0].metric
+    return seeds_to_detect(rows, metric, args.detect)
+
+
+def _print_detect(detect: list[dict[str, Any]], pilot: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"seeds to detect a paired difference (80% power; spread from {pilot})")
+    for name in ("comparison", "pilot pairs", "std of Δ", "pilot MDE", "effect", "seeds needed"):
+        table.add_column(name, justify="left" if name == "comparison" else "right")
+    for d in detect:
+        table.add_row(
+            escape(f"{d['group']} vs {d['baseline']}"),
+            str(d["pilot_pairs"]),
+            _g(d["std_diff"]),
+            _g(d["pilot_mde"]),
+            _g(d["effect"]),
+            "-" if d["seeds_needed"] is None else str(d["seeds_needed"]),
+        )
+    console.print(table)
+
+
+def _g(value: Any) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _print_plan(plan: dict[str, Any], wide: bool = False, out: Console | None = None) -> None:
     """The plan's header lines and trial table. Cells wrap, then fold, where the terminal is
     narrow (never an ellipsis); `wide`: a 400-column console, nothing wrapped."""
-    from rich.markup import escape
     from rich.table import Table
 
     from bgl.results.tables import WIDE_WIDTH

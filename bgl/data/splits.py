@@ -23,6 +23,8 @@ from bgl.config import ConfigError, DataConfig
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: seed offset of a procedural dataset's selection split (far from 3·seed + i of the others)
+SELECT_SEED = 1_000_003
 REAL_DATASETS = ("sid", "darkface", "acdc")
 #: Procedural datasets made in memory (no files): name -> "module:Class". Each class takes
 #: (n, size=crop, seed=..., camera_seed=..., [ratio_range=...], [max_boxes=...], [noise_model=...],
@@ -100,11 +102,35 @@ def _synthetic_splits(cfg: DataConfig) -> dict[str, Dataset]:
         extra["raw_space"] = cfg.raw_space
     elif cfg.raw_space != "camera":
         raise ConfigError(f"data.raw_space: dataset {cfg.name!r} supports only 'camera'")
+    _check_select(cfg)
     sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}
-    return {
+    splits = {
         split: cls(sizes[split], size=cfg.crop, seed=3 * cfg.seed + i, **extra)
         for i, split in enumerate(SPLITS)
     }
+    splits["select"] = cls(cfg.select_size, size=cfg.crop, seed=SELECT_SEED + cfg.seed, **extra)
+    return splits
+
+
+def _check_select(cfg: DataConfig) -> None:
+    if cfg.select_size < 1:
+        raise ConfigError(
+            "data.select_size: at least 1 (decisions read the selection split, never test)"
+        )
+
+
+def hold_out_selection(val: Dataset, n: int, what: str) -> tuple[Dataset, Dataset]:
+    """(val without its last `n` items, those `n` items): a selection split that shares no item
+    with the validation split L_F trains on."""
+    from torch.utils.data import Subset
+
+    total = len(val)  # type: ignore[arg-type]
+    if total <= n:
+        raise ConfigError(
+            f"data.select_size: {what}'s validation split has {total} items, so {n} cannot be "
+            "held out for selection and leave any for L_F; lower data.select_size"
+        )
+    return Subset(val, range(total - n)), Subset(val, range(total - n, total))
 
 
 def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:
@@ -136,6 +162,9 @@ def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:
     if cfg.name != "sid":
         common.update(ratio_range=cfg.ratio_range, camera_seed=cfg.camera_seed, synth_seed=cfg.seed)
         common["noise_model"] = cfg.noise
+    _check_select(cfg)
+    if sizes["val"] > 0:  # the selection items come out of the validation split
+        sizes["val"] += cfg.select_size
     splits: dict[str, Dataset] = {}
     for split in SPLITS:
         crop = cfg.crop if split != "test" or eval_crop is None else int(eval_crop)
@@ -148,4 +177,5 @@ def _real_splits(cfg: DataConfig) -> dict[str, Dataset]:
         bad = splits[split].bad  # type: ignore[attr-defined]
         if bad.items:
             log.warning(bad.summary())
+    splits["val"], splits["select"] = hold_out_selection(splits["val"], cfg.select_size, cfg.name)
     return splits

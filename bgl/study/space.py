@@ -95,9 +95,7 @@ def grid_points(study: StudyConfig) -> list[dict[str, Any]]:
     return [{k: list(v) if isinstance(v, _Axis) else v for k, v in p.items()} for p in points]
 
 
-def missing_grid_points(
-    study: StudyConfig, finished: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+def missing_grid_points(study: StudyConfig, finished: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The grid points no finished trial ran: `finished` holds each finished trial's params
     (config paths -> values); a point counts once per trial that ran it."""
     left = [_key(study, p) for p in finished]

@@ -59,6 +59,10 @@ class Callbacks:
     def on_checkpoint(self, trainer: Trainer, path: Path) -> None: ...
 
 
+#: prefix of the test split's metrics in evaluations, history and trial rows
+TEST_PREFIX = "test_"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -123,7 +127,8 @@ class Trainer:
             world=world,
             device=self.device,
         )
-        self.test_set = splits["test"]
+        self.select_set = splits["select"]  # decisions read it; neither level trains on it
+        self.test_set = splits["test"]  # scored and reported as test_*, never chooses
         o = cfg.optim
         opt = dict(momentum=o.momentum, weight_decay=o.weight_decay)
         self.upper_opt = build_optimizer(
@@ -272,7 +277,14 @@ class Trainer:
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
-        batches = sequential_batches(self.test_set, self.cfg.data.eval_batch_size, self.device)
+        """The task's metrics on the selection split (plain names: what every decision reads)
+        and on the test split (`test_<name>`: reported, never compared to choose)."""
+        metrics = self._score(self.select_set)
+        metrics.update({f"{TEST_PREFIX}{k}": v for k, v in self._score(self.test_set).items()})
+        return metrics
+
+    def _score(self, split: Any) -> dict[str, float]:
+        batches = sequential_batches(split, self.cfg.data.eval_batch_size, self.device)
         metrics = self.task.evaluate(self.upper, self.lower, batches)
         for key, value in metrics.items():
             if not math.isfinite(value):
