@@ -309,7 +309,7 @@ def test_eval_segment_command(tmp_path):
     assert row["images"] == 3 and set(row["iou"]) == set(IOU_KEYS)
     assert row["iou"]["iou_wall"] is None  # no wall in the synthetic streets
     trainer.test_set = SyntheticStreet(3, size=32, seed=2)  # the split --test-size 3 builds
-    assert row["miou"] == pytest.approx(trainer.evaluate()["miou"], abs=1e-9)
+    assert row["miou"] == pytest.approx(trainer.evaluate()["test_miou"], abs=1e-9)
     assert f"{100 * row['miou']:.1f}" in printed
     # a checkpoint of another task is refused, naming the task
     state = load_checkpoint(checkpoint)
