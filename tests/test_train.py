@@ -200,3 +200,35 @@ def test_warm_lr_is_its_own_constant_and_the_schedule_starts_at_the_boundary(tin
     assert bilevel[1]["upper_lr"] == pytest.approx(cosine_lr(1, 4, 3e-3, 5e-6))
     with pytest.raises(ConfigError, match="optim.warm_lr"):
         tiny_config(optim={"warm_lr": 0.0})
+
+
+def test_the_selection_split_chooses_and_the_test_split_only_reports(tiny_config, monkeypatch):
+    """A test split planted to prefer the first evaluation: `best` (what the search objective,
+    the scheduler and the best checkpoint read) follows the selection split, which prefers the
+    last; the test split's scores are reported beside it as test_* and never choose."""
+    import bgl.train.loop as loop
+
+    trainer = Trainer(tiny_config())
+    select, test = trainer.select_set, trainer.test_set
+    assert select is not test
+    scored: list = []
+    real_batches, real_evaluate = loop.sequential_batches, trainer.task.evaluate
+
+    def tracking(split, *args, **kwargs):
+        scored.append(split)
+        return real_batches(split, *args, **kwargs)
+
+    def planted(upper, lower, batches):
+        metrics = real_evaluate(upper, lower, batches)
+        sign = 1.0 if scored[-1] is select else -1.0
+        return {**metrics, "psnr": sign * trainer.step}
+
+    monkeypatch.setattr(loop, "sequential_batches", tracking)
+    monkeypatch.setattr(trainer.task, "evaluate", planted)
+    summary = trainer.fit()
+    evals = [r for r in trainer.history if r["kind"] == "eval"]
+    assert [r["psnr"] for r in evals] == [r["step"] for r in evals]
+    assert [r["test_psnr"] for r in evals] == [-r["step"] for r in evals]
+    assert summary["best"] == {"metric": "psnr", "value": 7.0, "step": 7, "mode": "max"}
+    assert summary["final"]["test_psnr"] == -7.0
+    assert {id(s) for s in scored} == {id(select), id(test)}

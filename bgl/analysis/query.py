@@ -257,7 +257,8 @@ def metric_mode(metric: str, rows: Sequence[Mapping[str, Any]] = ()) -> str:
     platform's costs (wall time, memory) are minimised. A prefix (final_, best_, last_) or an
     `_generator`/`_input` suffix names the same metric."""
     for row in rows:
-        if row.get("best_metric") == metric and row.get("best_mode") in ("max", "min"):
+        tracked = row.get("best_metric")
+        if metric in (tracked, f"test_{tracked}") and row.get("best_mode") in ("max", "min"):
             return str(row["best_mode"])
     name = _base_metric(metric)
     if name in COST_COLUMNS or name.endswith("_loss") or name == "loss":
@@ -276,7 +277,7 @@ def metric_mode(metric: str, rows: Sequence[Mapping[str, Any]] = ()) -> str:
 
 def _base_metric(column: str) -> str:
     name = column.lower()
-    for prefix in ("final_", "best_", "last_"):
+    for prefix in ("final_", "best_", "last_", "test_"):
         name = name.removeprefix(prefix)
     for suffix in ("_generator", "_input"):
         name = name.removesuffix(suffix)
@@ -293,6 +294,17 @@ def primary_metric(rows: Sequence[Mapping[str, Any]]) -> str | None:
         if metric in columns and any(is_number(r.get(metric)) for r in rows):
             return metric
     return None
+
+
+def reported_metric(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The metric a comparison reports by default: the test split's score of the tracked metric
+    (`test_<metric>`) where the trials have it; the tracked metric itself (selection) in studies
+    run before the selection split existed."""
+    metric = primary_metric(rows)
+    test = f"test_{metric}"
+    if metric and any(is_number(r.get(test)) for r in rows):
+        return test
+    return metric
 
 
 def metric_columns(rows: Sequence[Mapping[str, Any]], primary: str | None = None) -> list[str]:

@@ -54,6 +54,7 @@ from bgl.analysis.query import (
     peak_mib,
     primary_metric,
     query,
+    reported_metric,
     solver_summary,
     sort_rows,
     study_directions,
@@ -148,7 +149,11 @@ def add_results_command(subparsers: Any) -> argparse.ArgumentParser:
         default="solver",
         help="trial column to group by (default: solver), e.g. param.solver.k",
     )
-    p.add_argument("--metric", help="metric to compare (default: the study's metric)")
+    p.add_argument(
+        "--metric",
+        help="metric to compare (default: test_<metric>, the test split's score of the "
+        "study's metric)",
+    )
     p.add_argument(
         "--baseline",
         help="the group the others are paired with (default: naive, else the first group)",
@@ -715,7 +720,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from bgl.analysis.query import study_path
 
     rows = load_trials(args.results_dir, args.study)
-    metric = args.metric or primary_metric(rows)
+    metric = args.metric or reported_metric(rows)
     if metric is None:
         raise ResultsError("no metric found in the trials: name one with --metric")
     per_notes: list[str] = []
