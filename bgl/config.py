@@ -80,7 +80,8 @@ class SolverConfig:
 
     name: str = "ibgl"  # naive | tbgl | ibgl | aid
     k: int = 1  # lower steps per upper step (IBGL and AID; naive and TBGL take one)
-    delta: float = 0.01  # TBGL finite-difference radius: ε = delta / ‖v‖
+    delta: float = 0.01  # TBGL finite-difference radius: ε = delta / ‖P v‖
+    unroll: str = "optimizer"  # TBGL: the unrolled step: optimizer (the one taken) | sgd (paper)
     eps: float = 1e-12  # IBGL denominator guard
     relative_damping: float = 0.0  # IBGL: ρ‖∇θL_F‖² in the denominator (0: the paper's Eq. 9)
     method: str = "cg"  # AID: cg | neumann

@@ -90,7 +90,7 @@ def test_solver_bench_writes_rows(tmp_path):
     assert aid["solver"] == "aid" and aid["iterations"] == 5
     assert aid["products"] == 5 and ibgl["products"] is None
     assert "curvature=gauss_newton" in aid["settings"] and "iterations=5" in aid["settings"]
-    assert tbgl["settings"] == "delta=0.01" and naive["settings"] == ""
+    assert tbgl["settings"] == "delta=0.01 unroll=optimizer" and naive["settings"] == ""
 
 
 @pytest.mark.slow  # two fresh child processes (memory, then timing): ~25 s on 2 shared CPUs

@@ -304,3 +304,82 @@ def test_shared_passes_refuse_a_loss_that_calls_f_on_another_input():
     )
     with pytest.raises(RuntimeError, match="upper_input"):
         ibgl_hypergradient(wrong, train, val)
+
+
+def _adam_unrolled_reference(problem, train, val, opt):
+    """d/dω L_F(ω, θ'(ω)) by autograd, θ' the Adam step from `opt`'s state with the second
+    moment held constant: m' = β1 m + (1 − β1) g(ω), θ' = θ − lr m̂' / (√v̂' + ε)."""
+    upper, lower = problem.upper, problem.lower
+    names = [n for n, _ in lower.named_parameters()]
+    params = list(lower.parameters())
+    theta = [p.detach().clone().requires_grad_(True) for p in params]
+    group = opt.param_groups[0]
+    (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+
+    def lower_at(values):
+        class _L(nn.Module):
+            def forward(self, x):
+                return functional_call(lower, dict(zip(names, values)), (x,))
+
+        return _L()
+
+    g = torch.autograd.grad(
+        problem.lower_loss(upper, lower_at(theta), train), theta, create_graph=True
+    )
+    theta_prime = []
+    for p, t, gi in zip(params, theta, g):
+        state = opt.state[p]
+        step = float(state["step"]) + 1
+        m = beta1 * state["exp_avg"] + (1 - beta1) * gi
+        v = beta2 * state["exp_avg_sq"] + (1 - beta2) * gi.detach() ** 2  # held constant
+        denom = (v / (1 - beta2**step)).sqrt() + eps
+        theta_prime.append(t - lr * (m / (1 - beta1**step)) / denom)
+    loss_f = problem.upper_loss(upper, lower_at(theta_prime), val)
+    return torch.autograd.grad(loss_f, list(upper.parameters())), theta_prime
+
+
+def test_tbgl_unrolls_a_real_adam_step_as_autograd_does():
+    from bgl.train.unroll import optimizer_unroll
+
+    problem, train, val = nonlinear_problem(seed=2)
+    opt = torch.optim.Adam(problem.lower.parameters(), lr=0.05)
+    for _ in range(3):  # a state with moments that are not the first step's
+        opt.zero_grad()
+        problem.lower_loss(problem.upper, problem.lower, train).backward()
+        opt.step()
+    for p in problem.upper.parameters():
+        p.grad = None
+    ref, theta_prime = _adam_unrolled_reference(problem, train, val, opt)
+    info: dict[str, float] = {}
+    got = tbgl_hypergradient(
+        problem, train, val, lower_lr=0.05, delta=1e-5, unroll="optimizer",
+        lower_unroll=optimizer_unroll(opt), diagnostics=info,
+    )  # fmt: skip
+    ok, err = _close(got, ref, 1e-7)
+    assert ok, err
+    # the unrolled step is the step Adam then takes
+    before = [p.detach().clone() for p in problem.lower.parameters()]
+    opt.zero_grad()
+    problem.lower_loss(problem.upper, problem.lower, train).backward()
+    opt.step()
+    for p, b, t in zip(problem.lower.parameters(), before, theta_prime):
+        torch.testing.assert_close(p.detach() - b, t.detach() - b, rtol=1e-10, atol=1e-14)
+    # and it is not the plain step's answer
+    plain = tbgl_hypergradient(problem, train, val, lower_lr=0.05, delta=1e-5)
+    assert not _close(plain, ref, 1e-3)[0]
+    assert info["tbgl_step_ratio"] > 1
+
+
+def test_sgd_unroll_of_a_momentum_free_optimiser_is_the_papers_step():
+    from bgl.train.unroll import optimizer_unroll
+
+    problem, train, val = nonlinear_problem(seed=3)
+    opt = torch.optim.SGD(problem.lower.parameters(), lr=0.3)
+    ref = _unrolled_reference(problem, train, val, 0.3)
+    got = tbgl_hypergradient(
+        problem, train, val, lower_lr=0.3, delta=1e-4, unroll="optimizer",
+        lower_unroll=optimizer_unroll(opt),
+    )  # fmt: skip
+    assert _close(got, ref, 1e-7)[0]
+    with pytest.raises(ValueError, match="lower_unroll"):
+        tbgl_hypergradient(problem, train, val, lower_lr=0.3, delta=1e-4, unroll="optimizer")

@@ -14,6 +14,7 @@ from bgl.results.report import BUDGET_COLUMNS, flatten_summary
 from bgl.solvers import COUPLING_KEYS, HEALTH_KEYS, SOLVER_NAMES, get_solver, hypergradient
 from bgl.train.health import BilevelHealthWarning, HealthMonitor
 from bgl.train.loop import Trainer
+from bgl.train.unroll import optimizer_unroll
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,7 +68,11 @@ def test_loop_applies_the_direct_hypergradient(tiny_config, solver, task):
         _sgd(manual.lower, both[n:], lower_lr)
     elif spec.unrolled:  # DARTS' order: hypergradient at the current θ, then the lower step
         train, val = next(manual.train_stream), next(manual.val_stream)
-        h = hypergradient(solver, manual.problem, train, val, lower_lr=lower_lr, **settings)
+        # the step TBGL unrolls is the lower optimiser's own (its default `unroll`)
+        unroll = optimizer_unroll(manual.lower_opt)
+        h = hypergradient(
+            solver, manual.problem, train, val, lower_lr=lower_lr, lower_unroll=unroll, **settings
+        )
         _sgd(manual.upper, h, lr)
         manual.lower_step(train)
     else:

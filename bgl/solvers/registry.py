@@ -19,7 +19,7 @@ from bgl.solvers.ibgl import ibgl_hypergradient
 from bgl.solvers.joint import joint_gradient
 from bgl.solvers.naive import naive_hypergradient
 from bgl.solvers.problem import BilevelProblem, Grads, Reduce
-from bgl.solvers.tbgl import tbgl_hypergradient
+from bgl.solvers.tbgl import UNROLLS, LowerUnroll, tbgl_hypergradient
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,14 @@ KEYS: dict[str, SolverKey] = {
             "positive",
             {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
             "finite-difference radius: ε = delta / ‖v‖",
+        ),
+        SolverKey(
+            "unroll",
+            lambda v: v in UNROLLS,
+            f"one of {', '.join(UNROLLS)}",
+            {"type": "categorical", "choices": list(UNROLLS)},
+            "TBGL: the unrolled lower step: the lower optimiser's own (Adam: preconditioned) "
+            "or the paper's plain SGD step at the scheduled rate",
         ),
         SolverKey("eps", lambda v: v >= 0, "non-negative", None, "IBGL's denominator guard"),
         SolverKey(
@@ -104,7 +112,8 @@ class Solver:
 
     `options`: `solver.*` keys passed to `function` as keyword arguments of the same name.
     `context`: what the loop hands over besides them (`lower_lr`, `train_upper_out`: F's output
-    on the last training batch with its graph, `diagnostics`: a dict to fill).
+    on the last training batch with its graph, `lower_unroll`: the lower optimiser's next step
+    as a function of the gradient, `diagnostics`: a dict to fill).
     `takes_k`: k lower steps, then the hypergradient at the resulting θ; otherwise one lower
     step, after (`unrolled`: the hypergradient comes from an unrolled step at the current θ,
     DARTS' order) or before the hypergradient. `joint`: no lower step of its own; ω and θ step
@@ -137,6 +146,7 @@ class Solver:
         reduce: Reduce | None = None,
         lower_lr: float | None = None,
         train_upper_out: list[torch.Tensor] | None = None,
+        lower_unroll: LowerUnroll | None = None,
         diagnostics: dict[str, float] | None = None,
     ) -> Grads:
         """Call `function` with the options `settings` gives (a `solver` config as a mapping; keys
@@ -150,6 +160,7 @@ class Solver:
         given = {
             "lower_lr": lower_lr,
             "train_upper_out": train_upper_out,
+            "lower_unroll": lower_unroll,
             "diagnostics": diagnostics,
         }
         kwargs = {key: settings[key] for key in self.options if key in settings}
@@ -174,9 +185,10 @@ SOLVERS: dict[str, Solver] = {
             "tbgl",
             "TBGL",
             tbgl_hypergradient,
-            "Eq. 5: one unrolled lower step, finite-difference ∇²ωθ L_G v",
-            options=("delta",),
-            context=("lower_lr", "diagnostics"),
+            "Eq. 5: one unrolled lower step (the lower optimiser's own), finite-difference "
+            "∇²ωθ L_G P v",
+            options=("delta", "unroll"),
+            context=("lower_lr", "lower_unroll", "diagnostics"),
             unrolled=True,
             colour="tab:blue",
         ),
@@ -237,6 +249,7 @@ def hypergradient(
     reduce: Reduce | None = None,
     lower_lr: float | None = None,
     train_upper_out: list[torch.Tensor] | None = None,
+    lower_unroll: LowerUnroll | None = None,
     diagnostics: dict[str, float] | None = None,
     **settings: Any,
 ) -> Grads:
@@ -250,6 +263,7 @@ def hypergradient(
         reduce=reduce,
         lower_lr=lower_lr,
         train_upper_out=train_upper_out,
+        lower_unroll=lower_unroll,
         diagnostics=diagnostics,
     )
 

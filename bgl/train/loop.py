@@ -43,6 +43,7 @@ from bgl.train.checkpoint import load_checkpoint, save_checkpoint
 from bgl.train.device import device_description, peak_memory_bytes, resolve_device
 from bgl.train.health import HealthMonitor
 from bgl.train.schedule import build_optimizer, phase_learning_rates, set_lr
+from bgl.train.unroll import optimizer_unroll
 
 
 class DivergedError(RuntimeError):
@@ -237,6 +238,7 @@ class Trainer:
             reduce=self.reduce,
             lower_lr=lower_lr,
             train_upper_out=train_upper_out,
+            lower_unroll=optimizer_unroll(self.lower_opt),
             diagnostics=diagnostics,
         )
         del train_upper_out
