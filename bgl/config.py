@@ -179,7 +179,7 @@ def validate(cfg: RunConfig) -> None:
         ),
         (
             "data.root",
-            cfg.data.name.startswith("synthetic") or bool(cfg.data.root),
+            cfg.data.name.startswith("synthetic") or cfg.data.name == "control" or cfg.data.root,
             f"set to the dataset folder for dataset {cfg.data.name!r}",
         ),
     ]

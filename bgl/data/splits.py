@@ -35,13 +35,23 @@ SYNTHETIC_DATASETS: dict[str, str] = {
     "synthetic": "bgl.data.synthetic:SyntheticLowLight",
     "synthetic_faces": "bgl.data.synthetic_faces:SyntheticFaces",
     "synthetic_street": "bgl.data.synthetic_street:SyntheticStreet",
+    # the positive control's vectors: settings from the control task (`task_data`)
+    "control": "bgl.data.control:ControlVectors",
 }
 DATASETS = (*SYNTHETIC_DATASETS, *REAL_DATASETS)
 
 
-def build_splits(cfg: DataConfig) -> dict[str, Dataset]:
+def build_splits(cfg: DataConfig, task_data: dict | None = None) -> dict[str, Dataset]:
+    """The splits of `cfg`'s dataset; `task_data`: what the task hands its dataset
+    (`Task.data_options`: only the control task has any, and only its data takes them)."""
+    task_data = task_data or {}
+    if (cfg.name == "control") != bool(task_data):
+        raise ConfigError(
+            "data.name: the control task and the control dataset go together "
+            "(task.name: control with data.name: control)"
+        )
     if cfg.name in SYNTHETIC_DATASETS:
-        return _synthetic_splits(cfg)
+        return _synthetic_splits(cfg, task_data)
     if cfg.name in REAL_DATASETS:
         return _real_splits(cfg)
     raise ConfigError(f"data.name: unknown dataset {cfg.name!r}; available: {', '.join(DATASETS)}")
@@ -80,12 +90,12 @@ def check_layout(cfg: DataConfig) -> None:
         raise ConfigError(f"data.root: {exc}") from None
 
 
-def _synthetic_splits(cfg: DataConfig) -> dict[str, Dataset]:
-    """Three independently seeded procedural splits sharing one synthetic camera."""
+def _synthetic_splits(cfg: DataConfig, task_data: dict) -> dict[str, Dataset]:
+    """Four independently seeded procedural splits sharing one synthetic camera."""
     module, _, attr = SYNTHETIC_DATASETS[cfg.name].partition(":")
     cls = getattr(importlib.import_module(module), attr)
     accepted = inspect.signature(cls.__init__).parameters
-    extra: dict = {"camera_seed": cfg.camera_seed}
+    extra: dict = {"camera_seed": cfg.camera_seed, **task_data}
     if cfg.ratio_range is not None:
         extra["ratio_range"] = cfg.ratio_range
     if "max_boxes" in accepted:

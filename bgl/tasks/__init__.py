@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "enhance": "bgl.tasks.enhance:EnhanceTask",
     "detect": "bgl.tasks.detect:DetectTask",
     "segment": "bgl.tasks.segment:SegmentTask",
+    "control": "bgl.tasks.control:ControlTask",  # the positive control (closed-form answers)
 }
 
 

@@ -13,9 +13,9 @@ plus task-specific keys (boxes, label maps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -71,6 +71,28 @@ class Task(ABC):
         None
     )
     lower_criterion: Callable[[tuple[torch.Tensor, ...], Batch], torch.Tensor] | None = None
+
+    def build_upper(self) -> nn.Module | None:
+        """A task's own generative block F, where it is not the U-Net (`model.*`); None: the
+        U-Net. Only the positive control (`bgl.tasks.control`) has one."""
+        return None
+
+    def data_options(self) -> dict[str, Any]:
+        """Settings the task hands its dataset's constructor (a task with data of its own, such
+        as the control's vectors); {} for the image datasets."""
+        return {}
+
+    def end_values(
+        self,
+        upper: nn.Module,
+        solver: str,
+        settings: Mapping[str, Any],
+        lower_scale: torch.Tensor | None,
+    ) -> dict[str, float]:
+        """Values the task adds to a run's final metrics once it ends (the control: its solver's
+        closed-form end point); `lower_scale` is the sensitivity of the lower optimiser's next
+        step to its gradient (what TBGL unrolls). {} for the image tasks."""
+        return {}
 
     def upper_input(self, batch: Batch) -> torch.Tensor:
         """F's input in a batch. Both bilevel losses must call `upper` once, on this very tensor

@@ -88,9 +88,10 @@ class Trainer:
         self.device = device or resolve_device(cfg.train.device)
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.task = build_task(cfg.task.name, **cfg.task.options)
-        self.upper: nn.Module = build_generator(
-            cfg.model.generator_width, cfg.model.generator_residual
-        ).to(self.device)
+        upper = self.task.build_upper()  # the control's own F; else the U-Net
+        if upper is None:
+            upper = build_generator(cfg.model.generator_width, cfg.model.generator_residual)
+        self.upper: nn.Module = upper.to(self.device)
         if cfg.model.generator_checkpoint:
             load_generator(self.upper, cfg.model)
         self.frozen = cfg.model.freeze_generator
@@ -115,7 +116,7 @@ class Trainer:
         # Eq. 9's coefficient drives the update of the solvers that read its damping (IBGL)
         self.budget = Budget(self.upper, self.lower)
         self.health = HealthMonitor(uses_coefficient="relative_damping" in self.solver.keys)
-        splits = splits if splits is not None else build_splits(cfg.data)
+        splits = splits if splits is not None else build_splits(cfg.data, self.task.data_options())
         d = cfg.data
         self.train_stream = BatchStream(
             splits["train"], d.batch_size, 2 * cfg.seed, rank=rank, world=world, device=self.device
@@ -377,6 +378,11 @@ class Trainer:
         metrics = {
             k: v for k, v in final.items() if k not in ("step", "kind", "phase", "elapsed_s")
         }
+        metrics.update(
+            self.task.end_values(
+                self.upper, self.cfg.solver.name, self.solver_settings, self._unrolled_scale()
+            )
+        )
         return {
             "name": self.cfg.name,
             "status": status,
@@ -401,6 +407,18 @@ class Trainer:
             "git_commit": git_commit(),
             "versions": library_versions(),
         }
+
+    def _unrolled_scale(self) -> torch.Tensor | None:
+        """TBGL's P at the end of the run: the sensitivity of the lower step it unrolls to the
+        lower gradient (a flat vector over θ); None for the other solvers."""
+        if self.cfg.solver.name != "tbgl":
+            return None
+        theta = list(self.lower.parameters())
+        if self.solver_settings.get("unroll") == "sgd":
+            lr = float(self.lower_opt.param_groups[0]["lr"])
+            return torch.full((sum(p.numel() for p in theta),), lr, dtype=torch.float64)
+        _, scales = optimizer_unroll(self.lower_opt)([torch.zeros_like(p) for p in theta])
+        return torch.cat([s.detach().reshape(-1).cpu() for s in scales])
 
     def coupling_summary(self) -> dict[str, float | None]:
         """The coupling ratio ‖h − ∇ωL_F‖ / ‖∇ωL_F‖ over the bilevel phase's logged windows
