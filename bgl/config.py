@@ -87,6 +87,7 @@ class SolverConfig:
     method: str = "cg"  # AID: cg | neumann
     iterations: int = 10  # AID: curvature products per upper step
     damping: float = 0.0  # AID: Tikhonov λ in (H + λI) u = ∇θL_F
+    damping_scale: str = "absolute"  # AID: absolute | rayleigh (λ = damping · fᵀHf/fᵀf)
     curvature: str = "hessian"  # AID: hessian | gauss_newton
     neumann_step: float = 1.0  # AID with method neumann: the series' step α
 

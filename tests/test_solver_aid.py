@@ -162,6 +162,27 @@ def test_error_falls_with_iterations_and_damping_is_tikhonov():
     assert rel_error(got, damped) < 1e-8 and rel_error(got, want) > 1e-3
 
 
+def test_rayleigh_damping_is_a_fraction_of_the_curvature_along_the_upper_gradient():
+    """λ = damping · fᵀHf / fᵀf with f = ∇θL_F, from the dense Hessian; the solve is then the
+    dense Tikhonov solve at that λ, and the diagnostics record both numbers."""
+    problem, train, val = convex_problem(seed=2)
+    _, h = dense(problem, train, val)
+    ft = _Flat(problem.lower)
+    f_t = torch.func.grad(lambda t: problem.upper_loss(problem.upper, ft.call(t), val))(ft.vector())
+    rayleigh = float(f_t @ h @ f_t / (f_t @ f_t))
+    want, _ = dense(problem, train, val, damping=0.1 * rayleigh)
+    info: dict[str, float] = {}
+    got = aid_hypergradient(
+        problem, train, val, iterations=8, damping=0.1, damping_scale="rayleigh", diagnostics=info
+    )
+    assert rel_error(got, want) < 1e-8
+    assert info["aid_rayleigh"] == pytest.approx(rayleigh, rel=1e-10)
+    assert info["aid_damping"] == pytest.approx(0.1 * rayleigh, rel=1e-10)
+    assert info["aid_products"] == 9  # eight CG products and the quotient's
+    with pytest.raises(ValueError, match="damping_scale"):
+        aid_hypergradient(problem, train, val, damping_scale="relative")
+
+
 def test_neumann_converges_to_cg():
     problem, train, val = convex_problem(seed=2)
     want, h = dense(problem, train, val)

@@ -44,6 +44,9 @@ from bgl.solvers.problem import (
 
 METHODS = ("cg", "neumann")
 CURVATURES = ("hessian", "gauss_newton")
+#: how `damping` is read: as λ itself, or as a fraction of the curvature it regularises (λ =
+#: damping · ρ, ρ the Rayleigh quotient fᵀHf / fᵀf along f = ∇θL_F, one more product per step)
+DAMPING_SCALES = ("absolute", "rayleigh")
 
 
 def aid_hypergradient(
@@ -54,6 +57,7 @@ def aid_hypergradient(
     method: str = "cg",
     iterations: int = 10,
     damping: float = 0.0,
+    damping_scale: str = "absolute",
     curvature: str = "hessian",
     neumann_step: float = 1.0,
     reduce: Reduce | None = None,
@@ -64,12 +68,20 @@ def aid_hypergradient(
     of `problem.upper`.
 
     `damping` λ >= 0 solves (H + λI) u = ∇_θ L_F (Tikhonov; needed where H is singular, e.g.
-    Gauss-Newton of an L1 criterion). `neumann_step` α: u = α Σ_j (I − α(H + λI))^j ∇_θ L_F,
+    Gauss-Newton of an L1 criterion). With `damping_scale="rayleigh"` λ = damping · |ρ|, ρ the
+    curvature along ∇_θ L_F, so `damping` is a fraction of the curvature it regularises and the
+    implicit term, not the damping, is in charge (an absolute λ = 1 where ρ ≈ 0.76 mostly
+    replaces H); the diagnostics then hold `aid_rayleigh` and the `aid_damping` used.
+    `neumann_step` α: u = α Σ_j (I − α(H + λI))^j ∇_θ L_F,
     convergent for 0 < α < 2 / λ_max. `train_upper_out`: F's output on `train_batch` with its
     graph, from the loop's last lower step. `diagnostics`, when given, receives the lower
     level's health (see `bgl.solvers.health`) and the solve's residual and products.
     """
     _check(problem, method, iterations, damping, curvature, neumann_step, train_upper_out)
+    if damping_scale not in DAMPING_SCALES:
+        raise ValueError(
+            f"damping_scale must be one of {', '.join(DAMPING_SCALES)}, got {damping_scale!r}"
+        )
     reduce = reduce or identity_reduce
     with preserved_state(problem.upper, problem.lower, params=False):
         upper_out = upper_output(problem, val_batch)
@@ -81,6 +93,12 @@ def aid_hypergradient(
         del train_upper_out
         graph = _LowerGraph(problem, train_batch, upper_out, curvature)
         g_theta = reduce([g.detach() for g in graph.g_theta])
+        rayleigh = None
+        if damping_scale == "rayleigh":
+            ff = dot(f_theta, f_theta)
+            hf = reduce(graph.product(f_theta))
+            rayleigh = float(dot(f_theta, hf) / ff) if ff > 0 else 0.0
+            damping = damping * abs(rayleigh)
         matvec = _damped(graph.product, reduce, damping)
         solve = _solve(matvec, f_theta, method, iterations, neumann_step)
         cross = graph.mixed(solve.solution)
@@ -91,9 +109,12 @@ def aid_hypergradient(
     diagnostics.update(lower_health(f_theta, g_theta))
     diagnostics.update(
         aid_residual=solve.residual,
-        aid_products=float(solve.products),
+        aid_products=float(solve.products) + (rayleigh is not None),
         aid_nonpositive=float(solve.stop == "nonpositive curvature"),
+        aid_damping=float(damping),
     )
+    if rayleigh is not None:
+        diagnostics["aid_rayleigh"] = rayleigh
     return combine_terms(hyper, coupling, reduce, diagnostics)
 
 

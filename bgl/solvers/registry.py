@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from bgl.solvers.aid import CURVATURES, METHODS, aid_hypergradient
+from bgl.solvers.aid import CURVATURES, DAMPING_SCALES, METHODS, aid_hypergradient
 from bgl.solvers.ibgl import ibgl_hypergradient
 from bgl.solvers.joint import joint_gradient
 from bgl.solvers.naive import naive_hypergradient
@@ -80,6 +80,13 @@ KEYS: dict[str, SolverKey] = {
             "non-negative",
             {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
             "AID: Tikhonov λ, solves (H + λI) u = ∇θL_F",
+        ),
+        SolverKey(
+            "damping_scale",
+            lambda v: v in DAMPING_SCALES,
+            f"one of {', '.join(DAMPING_SCALES)}",
+            {"type": "categorical", "choices": list(DAMPING_SCALES)},
+            "AID: damping as λ itself, or as a fraction of the curvature along ∇θL_F (rayleigh)",
         ),
         SolverKey(
             "method",
@@ -207,7 +214,14 @@ SOLVERS: dict[str, Solver] = {
             "AID",
             aid_hypergradient,
             "k lower steps, implicit gradient with a CG/Neumann solve on exact curvature products",
-            options=("method", "iterations", "damping", "curvature", "neumann_step"),
+            options=(
+                "method",
+                "iterations",
+                "damping",
+                "damping_scale",
+                "curvature",
+                "neumann_step",
+            ),  # fmt: skip
             context=("train_upper_out", "diagnostics"),
             takes_k=True,
             colour="tab:green",
