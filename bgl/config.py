@@ -88,6 +88,7 @@ class SolverConfig:
     iterations: int = 10  # AID: curvature products per upper step
     damping: float = 0.0  # AID: Tikhonov λ in (H + λI) u = ∇θL_F
     damping_scale: str = "absolute"  # AID: absolute | rayleigh (λ = damping · fᵀHf/fᵀf)
+    coupling_max: float = 0.0  # AID: trust region, implicit term <= coupling_max·‖∇ωL_F‖ (0: off)
     curvature: str = "hessian"  # AID: hessian | gauss_newton
     neumann_step: float = 1.0  # AID with method neumann: the series' step α
 

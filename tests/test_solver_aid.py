@@ -183,6 +183,31 @@ def test_rayleigh_damping_is_a_fraction_of_the_curvature_along_the_upper_gradien
         aid_hypergradient(problem, train, val, damping_scale="relative")
 
 
+def test_trust_region_caps_the_implicit_term_at_a_multiple_of_the_direct_gradient():
+    problem, train, val = convex_problem(seed=4)
+    info: dict[str, float] = {}
+    free = aid_hypergradient(problem, train, val, iterations=8, diagnostics=info)
+    direct = info["direct_grad_norm"]
+    coupling = info["coupling_ratio"] * direct
+    kappa = 0.5 * coupling / direct  # a cap the free implicit term exceeds
+    capped_info: dict[str, float] = {}
+    capped = aid_hypergradient(
+        problem, train, val, iterations=8, coupling_max=kappa, diagnostics=capped_info
+    )
+    # h = direct + s·coupling with ‖s·coupling‖ = κ‖direct‖: recover direct from free and capped
+    scale = kappa * direct / coupling
+    d_free = torch.cat([x.reshape(-1) for x in free])
+    d_capped = torch.cat([x.reshape(-1) for x in capped])
+    direct_vec = (d_capped - scale * d_free) / (1 - scale)
+    assert float((d_capped - direct_vec).norm()) == pytest.approx(kappa * direct, rel=1e-8)
+    assert capped_info["coupling_clipped"] == 1.0
+    # without diagnostics the same capped hypergradient; a loose cap changes nothing
+    again = aid_hypergradient(problem, train, val, iterations=8, coupling_max=kappa)
+    assert rel_error(again, capped) < 1e-12
+    loose = aid_hypergradient(problem, train, val, iterations=8, coupling_max=100 * kappa)
+    assert rel_error(loose, free) < 1e-12
+
+
 def test_neumann_converges_to_cg():
     problem, train, val = convex_problem(seed=2)
     want, h = dense(problem, train, val)

@@ -58,6 +58,7 @@ def aid_hypergradient(
     iterations: int = 10,
     damping: float = 0.0,
     damping_scale: str = "absolute",
+    coupling_max: float = 0.0,
     curvature: str = "hessian",
     neumann_step: float = 1.0,
     reduce: Reduce | None = None,
@@ -72,12 +73,16 @@ def aid_hypergradient(
     curvature along ∇_θ L_F, so `damping` is a fraction of the curvature it regularises and the
     implicit term, not the damping, is in charge (an absolute λ = 1 where ρ ≈ 0.76 mostly
     replaces H); the diagnostics then hold `aid_rayleigh` and the `aid_damping` used.
+    `coupling_max` κ > 0 caps the implicit term at κ‖∇_ω L_F‖ (a trust region; 0: off; see
+    `combine_terms`).
     `neumann_step` α: u = α Σ_j (I − α(H + λI))^j ∇_θ L_F,
     convergent for 0 < α < 2 / λ_max. `train_upper_out`: F's output on `train_batch` with its
     graph, from the loop's last lower step. `diagnostics`, when given, receives the lower
     level's health (see `bgl.solvers.health`) and the solve's residual and products.
     """
     _check(problem, method, iterations, damping, curvature, neumann_step, train_upper_out)
+    if coupling_max < 0:
+        raise ValueError(f"coupling_max must be >= 0, got {coupling_max}")
     if damping_scale not in DAMPING_SCALES:
         raise ValueError(
             f"damping_scale must be one of {', '.join(DAMPING_SCALES)}, got {damping_scale!r}"
@@ -103,9 +108,11 @@ def aid_hypergradient(
         solve = _solve(matvec, f_theta, method, iterations, neumann_step)
         cross = graph.mixed(solve.solution)
         del graph, matvec
-        if diagnostics is None:
+        if diagnostics is None and not coupling_max:
             return reduce(omega_grads(problem, upper_out, cross, scale=-1.0, into=hyper))
         coupling = omega_grads(problem, upper_out, cross, scale=-1.0)
+    if diagnostics is None:  # the trust region needs both terms' norms
+        return combine_terms(hyper, coupling, reduce, {}, coupling_max)
     diagnostics.update(lower_health(f_theta, g_theta))
     diagnostics.update(
         aid_residual=solve.residual,
@@ -115,7 +122,7 @@ def aid_hypergradient(
     )
     if rayleigh is not None:
         diagnostics["aid_rayleigh"] = rayleigh
-    return combine_terms(hyper, coupling, reduce, diagnostics)
+    return combine_terms(hyper, coupling, reduce, diagnostics, coupling_max)
 
 
 def _damped(product: MatVec, reduce: Reduce, damping: float) -> MatVec:

@@ -48,7 +48,11 @@ def lower_health(
 
 
 def combine_terms(
-    direct: Grads, coupling: Grads | None, reduce: Reduce, diagnostics: dict[str, float]
+    direct: Grads,
+    coupling: Grads | None,
+    reduce: Reduce,
+    diagnostics: dict[str, float],
+    coupling_max: float = 0.0,
 ) -> Grads:
     """h = direct + coupling, reduced (one call), recording ‖direct‖ and the coupling ratio.
 
@@ -58,6 +62,10 @@ def combine_terms(
     or TBGL with η = 0) is a ratio of exactly 0. Both terms are reduced before their norms, so the
     numbers are the global ones on any number of workers; keeping them apart costs one ω-sized
     list, which is why solvers only split h when diagnostics are asked for.
+
+    `coupling_max` κ > 0 is a trust region on the second-order term: a coupling longer than
+    κ‖direct‖ is scaled back to that length (`coupling_clipped` 1 in the diagnostics; the ratio
+    recorded is the one before clipping).
     """
     n = len(direct)
     both = reduce([*direct, *(coupling or [])])
@@ -72,4 +80,10 @@ def combine_terms(
             else (math.inf if coupling_norm > 0 else 0.0)
         ),
     )
+    clipped = coupling_max > 0 and coupling_norm > coupling_max * direct_norm
+    if coupling_max > 0:
+        diagnostics["coupling_clipped"] = float(clipped)
+    if clipped:
+        scale = coupling_max * direct_norm / coupling_norm
+        return [d.add_(c, alpha=scale) for d, c in zip(direct, coupling)]
     return [d.add_(c) for d, c in zip(direct, coupling)] if coupling else direct

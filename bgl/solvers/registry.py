@@ -89,6 +89,13 @@ KEYS: dict[str, SolverKey] = {
             "AID: damping as λ itself, or as a fraction of the curvature along ∇θL_F (rayleigh)",
         ),
         SolverKey(
+            "coupling_max",
+            lambda v: v >= 0,
+            "non-negative",
+            None,
+            "AID: trust region, the implicit term capped at coupling_max·‖∇ωL_F‖ (0: off)",
+        ),
+        SolverKey(
             "method",
             lambda v: v in METHODS,
             f"one of {', '.join(METHODS)}",
@@ -219,6 +226,7 @@ SOLVERS: dict[str, Solver] = {
                 "iterations",
                 "damping",
                 "damping_scale",
+                "coupling_max",
                 "curvature",
                 "neumann_step",
             ),  # fmt: skip
