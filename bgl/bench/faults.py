@@ -319,6 +319,7 @@ class RowKills:
     trials_expected: int = 0
     duplicate_rows: int = 0
     not_completed: int = 0  # rows whose status is not completed (an error row: a lost trial)
+    state_save_errors: int = 0  # Tune's "Saving experiment state ... failed" in the driver logs
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -362,6 +363,12 @@ def run_row_kills(
     out.not_completed = sum(s != "completed" for s in statuses)
     if out.rows != expected:
         out.notes.append(f"{out.rows} rows for {expected} trials")
+    log = (folder / "driver.log").read_text(errors="replace").splitlines()
+    failed = [i for i, line in enumerate(log) if "Saving experiment state" in line]
+    out.state_save_errors = len(failed)
+    if failed:  # the exception's last line says what was missing
+        tail = next((x for x in log[failed[0] :] if "Error" in x and ":" in x), log[failed[0]])
+        out.notes.append(f"Tune state save failed: {tail.strip()[:300]}")
     out.wall_s = time.perf_counter() - start
     return out
 
@@ -417,7 +424,10 @@ def _trial_count(study: Any) -> int:
 
 def print_row_kills(rows: list[dict[str, Any]], console: Console) -> None:
     table = Table(title="killed right after each new row, resumed (bgl bench faults --study)")
-    cols = ("kills", "resumes", "resume_failures", "rows", "duplicate_rows", "not_completed")
+    cols = (
+        "kills", "resumes", "resume_failures", "rows", "duplicate_rows", "not_completed",
+        "state_save_errors",
+    )  # fmt: skip
     table.add_column("campaign", justify="right")
     for col in (*cols, "wall (s)"):
         table.add_column(col.replace("_", " "), justify="right")
