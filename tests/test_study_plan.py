@@ -114,20 +114,30 @@ def test_search_initial_points_then_tpe(shipped):
 
 
 def test_solver_ablation_is_the_whole_grid(shipped):
+    """Equal lower-level work (naive at IBGL's and AID's k), joint included, TBGL's Adam unroll,
+    AID's relative damping and trust region, eight seeds."""
     plan = _plan(shipped, "solver_ablation")
     trials = plan["trials"]
-    assert plan["num_trials"] == len(trials) == 20 and plan["sampler"] == "grid"
+    solvers = ("naive", "tbgl", "ibgl", "aid", "joint")
+    assert plan["num_trials"] == len(trials) == 40 and plan["sampler"] == "grid"
     assert {t["kind"] for t in trials} == {"grid"}
-    assert Counter(t["solver"] for t in trials) == {"naive": 5, "tbgl": 5, "ibgl": 5, "aid": 5}
-    for solver in ("naive", "tbgl", "ibgl", "aid"):
+    assert Counter(t["solver"] for t in trials) == dict.fromkeys(solvers, 8)
+    for solver in solvers:
         rows = [t for t in trials if t["solver"] == solver]
-        assert sorted(t["params"]["seed"] for t in rows) == [0, 1, 2, 3, 4]
-        assert {t["settings"]["solver.k"] for t in rows} == {3 if solver in ("ibgl", "aid") else 1}
+        assert sorted(t["params"]["seed"] for t in rows) == list(range(8))
+        k = 3 if solver in ("naive", "ibgl", "aid") else 1
+        assert {t["settings"]["solver.k"] for t in rows} == {k}
         assert {t["settings"]["total_steps"] for t in rows} == {500}  # 300 warm + 200
-    naive, tbgl, aid = trials[0]["params"], trials[5]["params"], trials[15]["params"]
-    assert naive == {"task.name": "enhance", "solver.name": "naive", "seed": 0}
-    assert tbgl["solver.delta"] == 0.01 and "solver.k" not in tbgl
+    by_solver = {t["solver"]: t["params"] for t in trials if t["params"]["seed"] == 0}
+    assert by_solver["naive"] == {
+        "task.name": "enhance", "solver.name": "naive", "seed": 0, "solver.k": 3,
+    }  # fmt: skip
+    tbgl, aid = by_solver["tbgl"], by_solver["aid"]
+    assert tbgl["solver.delta"] == 0.01 and tbgl["solver.unroll"] == "optimizer"
+    assert "solver.k" not in tbgl
     assert aid["solver.curvature"] == "gauss_newton" and aid["solver.iterations"] == 5
+    assert aid["solver.damping_scale"] == "rayleigh" and aid["solver.coupling_max"] == 1.0
+    assert set(by_solver["joint"]) == {"task.name", "solver.name", "seed"}
 
 
 def test_transfer_sources_then_targets(shipped):
@@ -172,7 +182,7 @@ def test_table_and_set_overrides(capsys):
     assert "trials: 8" in out and "sampled by tpe" in out and "in_trial" in out
     assert main(["study", "plan", str(STUDIES / "solver_ablation.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "trials: 20" in out and "gauss_newton" in out
+    assert "trials: 40" in out and "gauss_newton" in out
     study = load_study(path, ["search.num_samples=2"])
     assert [t["solver"] for t in plan_trials(study)["trials"]] == ["naive", "tbgl"]
 

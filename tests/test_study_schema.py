@@ -25,15 +25,21 @@ def _study(**search):
 
 @pytest.mark.parametrize(
     "name",
-    ["quickstart", "search", "solver_ablation", "paper_enhance", "paper_detect", "paper_segment"],
-)
+    [
+        "quickstart", "search", "solver_ablation", "paper_enhance", "paper_detect",
+        "paper_segment", "positive_control", "positive_control_channels", "enhance_control",
+    ],
+)  # fmt: skip
 def test_shipped_studies_load(name):
     study = load_study(STUDIES / f"{name}.yaml", ["base.data.root=/data/somewhere"])
+    equal_work = name in ("solver_ablation", "enhance_control")  # naive at the others' k
     for solver in study.solvers:
         cfg = study.trial_config({"solver.name": solver})
-        if solver == "naive":  # one lower step unless a study asks for more (`solvers:` on k)
+        if solver == "naive" and not equal_work:  # one lower step unless a study asks for more
             assert cfg.solver.k == 1
             assert all(p.applies_to("naive") is False for p in study.params if p.path == "solver.k")
+        if solver == "naive" and equal_work:
+            assert cfg.solver.k == 3
 
 
 def test_search_study_loads():
