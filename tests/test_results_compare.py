@@ -302,3 +302,53 @@ def test_importance_errors_and_fallback(
         assert "PED-ANOVA failed: RuntimeError: broken on purpose" in data["fallback"]
     else:  # without scikit-learn both fail, and the error says so
         assert code == 2 and "broken on purpose" in err and "fANOVA fallback failed" in err
+
+
+def test_cli_compare_carries_power_and_equivalence(
+    results: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bgl.analysis.power import minimal_detectable_effect
+
+    base = ["results", "--results-dir", str(results), "compare", "clean"]
+    code, out, _ = run([*base, "--format", "json", "--margin", "0.5"], capsys)
+    assert code == 0
+    data = json.loads(out)
+    (diff,) = data["differences"]
+    d = np.array([IBGL[s] - NAIVE[s] for s in sorted(NAIVE)])
+    assert data["margin"] == 0.5
+    assert diff["mde"] == pytest.approx(minimal_detectable_effect(d.std(ddof=1), 4))
+    assert diff["verdict"].startswith("differs by +0.975 [")  # the interval excludes 0
+    code, out, _ = run(base, capsys)
+    assert code == 0 and "MDE" in out and "differs by" in out
+
+
+def test_plan_says_how_many_seeds_a_pilot_needs(
+    results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from bgl.analysis.power import seeds_needed
+
+    study = tmp_path / "next.yaml"
+    study.write_text(
+        yaml.safe_dump(
+            {"name": "next", "output_dir": str(results), "base": {"seed": 0},
+             "search": {"sampler": "grid", "metric": "psnr", "mode": "max",
+                        "solvers": ["naive", "ibgl"], "params": {"seed": {"choices": [0, 1]}}}}
+        )
+    )  # fmt: skip
+    from bgl.cli import main
+
+    def plan(*extra: str) -> tuple[int, str]:
+        code = main(["study", "plan", str(study), *extra])
+        return code, capsys.readouterr().out
+
+    code, out = plan("--detect", "0.3", "--pilot", "clean", "--format", "json")
+    assert code == 0
+    (row,) = json.loads(out)["detect"]
+    d = np.array([IBGL[s] - NAIVE[s] for s in sorted(NAIVE)])
+    assert row["group"] == "IBGL" and row["pilot_pairs"] == 4
+    assert row["seeds_needed"] == seeds_needed(d.std(ddof=1), 0.3)
+    code, out = plan("--detect", "0.3", "--pilot", "clean")
+    assert code == 0 and "seeds needed" in "".join(out.split("\n"))
+    assert plan("--detect", "0.3")[0] != 0
