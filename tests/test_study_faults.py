@@ -207,3 +207,36 @@ def test_a_resume_repairs_the_error_row_of_a_trial_that_trained_to_its_end(tmp_p
     assert rows[cut]["status"] == "error" and rows[cut]["error"] == lost
     history = pq.read_table(study_dir / "history" / f"{ended}.parquet").to_pylist()
     assert {h["step"] for h in history if h["kind"] == "eval"} == {0, 2, 4}
+
+
+def test_a_grid_study_whose_tune_state_is_torn_runs_the_points_its_rows_lack(tmp_path):
+    """A driver killed while Tune copied its state in place leaves it cut short; a grid study
+    then takes what is left from its rows: every grid point ends with exactly one row."""
+    study_yaml = fault_study(tmp_path, name="grid", num_samples=1)
+    data = yaml.safe_load(study_yaml.read_text())
+    data["search"] = {
+        "sampler": "grid",
+        "metric": "psnr",
+        "mode": "max",
+        "num_samples": 1,
+        "solvers": ["naive", "ibgl"],
+        "params": {"seed": {"choices": [0, 1]}},
+    }
+    study_yaml.write_text(yaml.safe_dump(data))  # fmt: skip
+    study_dir = tmp_path / "results" / "grid"
+    markers = tmp_path / "markers"
+    driver = Driver(study_yaml, study_dir, markers, tmp_path / "driver.log")
+    assert driver.run(resume=False, hold="end:2", rows_at_least=1, timeout=300) is None
+    before = _files(study_dir)
+    corrupt_state(study_dir / "tune", study_dir)
+    assert driver.run(resume=True, timeout=300) == 0, (tmp_path / "driver.log").read_text()
+    rows = _rows(study_dir)
+    assert len(rows) == 4 and {r["status"] for r in rows.values()} == {"completed"}
+    points = sorted((r["param.solver.name"], int(r["param.seed"])) for r in rows.values())
+    assert points == [("ibgl", 0), ("ibgl", 1), ("naive", 0), ("naive", 1)]
+    for name, seen in before.items():  # rows written before the kill are kept as they were
+        assert _files(study_dir)[name] == seen
+    plan = json.loads((study_dir / "plan.json").read_text())
+    assert plan["experiments"] == ["tune", "tune-resume1"]
+    log = "".join((tmp_path / "driver.log").read_text().split())  # rich wraps log lines
+    assert "ofthegrid'spointshavenorowandrunnow" in log  # 2 or 3, as the kill fell
