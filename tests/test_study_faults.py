@@ -240,3 +240,42 @@ def test_a_grid_study_whose_tune_state_is_torn_runs_the_points_its_rows_lack(tmp
     assert plan["experiments"] == ["tune", "tune-resume1"]
     log = "".join((tmp_path / "driver.log").read_text().split())  # rich wraps log lines
     assert "ofthegrid'spointshavenorowandrunnow" in log  # 2 or 3, as the kill fell
+
+
+def test_a_trial_whose_saved_checkpoint_is_gone_resumes_from_its_newest_whole_one(tmp_path):
+    """The repair itself: the saved state names a checkpoint that retention deleted; a newer one
+    was copied in whole, a newer still was cut short by the kill. The trial is pointed at the
+    whole one, the resume finishes it, and its history has every step once."""
+    import shutil
+
+    from bgl.study.tune_state import latest_checkpoints, repair_checkpoints, trial_dirs
+
+    study_yaml = fault_study(tmp_path, name="repoint", num_samples=1)
+    study_dir = tmp_path / "results" / "repoint"
+    markers = tmp_path / "markers"
+    driver = Driver(study_yaml, study_dir, markers, tmp_path / "driver.log")
+    assert driver.run(resume=False, hold="report:2", timeout=300) is None
+    tune_dir = study_dir / "tune"
+    ((trial_id, named),) = latest_checkpoints(tune_dir).items()
+    assert named is not None and named.exists()
+    folder = trial_dirs(tune_dir)[trial_id]
+    whole = sorted(folder.glob("checkpoint_*"))[-1]
+    later = folder / "checkpoint_000099"  # a kill cut this copy short
+    shutil.copytree(whole, later)
+    data = (later / "checkpoint.pt").read_bytes()
+    (later / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    if whole == named:  # retention deleted the named one after copying a newer one in
+        shutil.copytree(whole, folder / "checkpoint_000098")
+        whole = folder / "checkpoint_000098"
+    shutil.rmtree(named)
+
+    repair = repair_checkpoints(tune_dir, finished=set())
+    assert repair.repointed == {trial_id: whole.name} and not repair.restarted
+    assert latest_checkpoints(tune_dir)[trial_id] == whole
+    assert driver.run(resume=True, timeout=300) == 0, (tmp_path / "driver.log").read_text()
+    (row,) = _rows(study_dir).values()
+    assert row["status"] == "completed"
+    history = pq.read_table(study_dir / "history" / f"{trial_id}.parquet").to_pylist()
+    keys = [(h["step"], h["kind"]) for h in history]
+    assert len(keys) == len(set(keys))
+    assert {h["step"] for h in history if h["kind"] == "eval"} == {0, 2, 4}

@@ -175,8 +175,8 @@ def kill_holder(fault_dir: Path, hold: str, timeout: float = 240.0) -> int:
 def hold_point(point: str, fault_dir: Path, rows: int, num_samples: int) -> tuple[str, int]:
     """The fault marker ("event:n") that pins `point`, and the rows that must exist by then."""
     count = lambda event: occurrences(fault_dir, event)  # noqa: E731
-    if point == "checkpoint_window":  # the running trial's second checkpoint from now
-        return f"checkpoint:{count('checkpoint') + 2}", 0
+    if point == "checkpoint_window":  # the next window where retention deleted a named one
+        return f"checkpoint:{count('checkpoint') + 1}", 0
     if point == "first_trial_running":
         return f"report:{count('report') + 1}", 0
     if point == "after_last_report":

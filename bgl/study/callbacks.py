@@ -92,26 +92,31 @@ class ParquetResults(Callback):
 
 class CheckpointWindowMark(Callback):
     """Fault injection (only with `BGL_FAULT_DIR` set): marks the `checkpoint` event in the
-    driver, and holds there when it is the configured kill point, between Tune registering a
-    trial's new checkpoint (retention has deleted the dropped ones) and its experiment state
-    reaching the study folder.
+    driver, and holds there when it is the configured kill point, in the window where a killed
+    driver loses a restorable checkpoint: Tune has registered a trial's new checkpoint and its
+    retention deleted the one the saved experiment state still names, and the state naming the
+    new one has not reached the study folder.
 
-    Tune calls `get_state` while it saves its state: after the state file is written to the
-    driver's staging folder and before that folder is copied to storage, so a driver held here
-    leaves on storage the state of the step before, which may name a deleted checkpoint.
+    Tune calls `on_checkpoint` before it registers the checkpoint (the trial's latest is still
+    the one the saved state names) and `get_state` while it saves its state: after the state file
+    is written to the driver's staging folder, before that folder is copied to storage. Only
+    windows where that latest checkpoint is gone are marked, so `checkpoint:1` is the study's
+    first real hazard, whatever the scores.
     """
 
     def __init__(self, study: StudyConfig) -> None:
         self.study_name = study.name
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, str | None]] = []
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._pending.append(trial.trial_id)
+        named = trial.checkpoint.path if trial.checkpoint is not None else None
+        self._pending.append((trial.trial_id, named))
 
     def get_state(self) -> dict | None:
         pending, self._pending = self._pending, []
-        for trial_id in pending:
-            faults.mark("checkpoint", f"{self.study_name}-{trial_id}")
+        for trial_id, named in pending:
+            if named is not None and not Path(named).exists():
+                faults.mark("checkpoint", f"{self.study_name}-{trial_id}")
         return None
 
 

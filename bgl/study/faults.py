@@ -10,10 +10,10 @@ moment.
 
 Events: `start` (training is about to begin), `report` (an evaluation was reported), `end` (the
 trial's final report was sent), and one the study's driver marks: `checkpoint` (Tune has
-registered a trial's new checkpoint, and so deleted those its retention drops, while its
-experiment state naming the new one is written to the driver's staging folder but not yet
-copied to the study folder: the window in which a killed driver leaves a saved state that names a
-deleted checkpoint; see `bgl.study.tune_state`).
+registered a trial's new checkpoint and its retention deleted the one the saved experiment state
+names, while the state naming the new one has not yet reached the study folder: the window in
+which a killed driver leaves a saved state that names a deleted checkpoint; see
+`bgl.study.tune_state`). Only windows where that checkpoint is really gone are marked.
 """
 
 from __future__ import annotations
