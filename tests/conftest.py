@@ -25,6 +25,7 @@ def tiny_config_dict(tmp_path, **sections: Any) -> dict[str, Any]:
         "data": {
             "train_size": 16,
             "val_size": 8,
+            "select_size": 4,
             "test_size": 4,
             "crop": 32,
             "batch_size": 2,

@@ -33,6 +33,7 @@ def _detect_config(tiny_config, **sections):
             "crop": 64,
             "train_size": 8,
             "val_size": 4,
+            "select_size": 4,
             "test_size": 4,
             "max_boxes": 8,
         },

@@ -284,7 +284,7 @@ def test_dataset_and_config_pass_the_noise_model() -> None:
     with pytest.raises(ValueError, match="noise_model"):
         SyntheticLowLight(2, size=32, noise_model="poisson")
 
-    sizes = {"train_size": 2, "val_size": 1, "test_size": 1, "crop": 32}
+    sizes = {"train_size": 2, "val_size": 1, "select_size": 1, "test_size": 1, "crop": 32}
     cfg = from_dict({"data": {**sizes, "noise": "physics"}})
     assert cfg.data.noise == "physics" and from_dict({}).data.noise == "gaussian"
     splits = build_splits(cfg.data)

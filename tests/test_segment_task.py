@@ -55,6 +55,7 @@ def _config(tmp_path, solver: str = "ibgl", **train):
                 "name": "synthetic_street",
                 "train_size": 8,
                 "val_size": 4,
+                "select_size": 4,
                 "test_size": 4,
                 "crop": 32,
                 "batch_size": 2,

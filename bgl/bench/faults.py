@@ -49,8 +49,8 @@ KILL_POINTS = (
 TINY_BASE: dict[str, Any] = {
     "task": {"name": "enhance", "options": {"width": 4}},
     "model": {"generator_width": 4},
-    "data": {"train_size": 8, "val_size": 4, "test_size": 4, "crop": 32, "batch_size": 2,
-             "val_batch_size": 2, "eval_batch_size": 4},
+    "data": {"train_size": 8, "val_size": 4, "select_size": 4, "test_size": 4, "crop": 32,
+             "batch_size": 2, "val_batch_size": 2, "eval_batch_size": 4},
     "optim": {"optimizer": "sgd"},
     "train": {"warm_steps": 2, "steps": 2, "eval_every": 2, "log_every": 1,
               "checkpoint_every": 2, "device": "cpu"},

@@ -27,6 +27,7 @@ BASE: dict[str, Any] = {
     "data": {
         "train_size": 32,
         "val_size": 8,
+        "select_size": 8,
         "test_size": 8,
         "crop": 64,
         "batch_size": 4,
