@@ -66,7 +66,16 @@ def test_dataset_lighting_option() -> None:
     with pytest.raises(ValueError, match="lighting must be one of flat, shaded"):
         SyntheticLowLight(4, size=32, lighting="dim")
     cfg = from_dict(
-        {"data": {"lighting": "shaded", "train_size": 4, "val_size": 4, "select_size": 4, "test_size": 4, "crop": 32}}
+        {
+            "data": {
+                "lighting": "shaded",
+                "train_size": 4,
+                "val_size": 4,
+                "select_size": 4,
+                "test_size": 4,
+                "crop": 32,
+            }
+        }
     )
     assert torch.equal(
         build_splits(cfg.data)["train"].tensors()["rgb"],

@@ -21,7 +21,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 SEGMENT = {
     "task": {"name": "segment", "options": {"width": 4}},
     "model": {"generator_width": 4},
-    "data": {"name": "synthetic_street", "train_size": 8, "val_size": 4, "select_size": 4, "test_size": 4},
+    "data": {
+        "name": "synthetic_street",
+        "train_size": 8,
+        "val_size": 4,
+        "select_size": 4,
+        "test_size": 4,
+    },
 }
 SOLVER_SETTINGS = {"iterations": 3, "damping": 0.05, "delta": 0.01}
 
