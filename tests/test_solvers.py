@@ -22,19 +22,25 @@ from bgl.solvers.problem import upper_output
 from tests.bilevel_problems import DT, Vec, mse_loss, nonlinear_problem, quadratic_problem
 
 
+def _module_at(module, values):
+    """`module` evaluated at the parameter tensors `values` (in its parameters' order)."""
+    names = [n for n, _ in module.named_parameters()]
+
+    class _At(nn.Module):
+        def forward(self, x):
+            return functional_call(module, dict(zip(names, values)), (x,))
+
+    return _At()
+
+
 def _unrolled_reference(problem, train, val, lr):
     """d/dω L_F(ω, θ − η ∇_θ L_G(ω, θ)) by autograd through the step (create_graph)."""
     upper, lower = problem.upper, problem.lower
-    names = [n for n, _ in lower.named_parameters()]
     theta = [p.detach().clone().requires_grad_(True) for p in lower.parameters()]
     omega = list(upper.parameters())
 
     def lower_at(params):
-        class _L(nn.Module):
-            def forward(self, x):
-                return functional_call(lower, dict(zip(names, params)), (x,))
-
-        return _L()
+        return _module_at(lower, params)
 
     g = torch.autograd.grad(
         problem.lower_loss(upper, lower_at(theta), train), theta, create_graph=True
@@ -310,18 +316,13 @@ def _adam_unrolled_reference(problem, train, val, opt):
     """d/dω L_F(ω, θ'(ω)) by autograd, θ' the Adam step from `opt`'s state with the second
     moment held constant: m' = β1 m + (1 − β1) g(ω), θ' = θ − lr m̂' / (√v̂' + ε)."""
     upper, lower = problem.upper, problem.lower
-    names = [n for n, _ in lower.named_parameters()]
     params = list(lower.parameters())
     theta = [p.detach().clone().requires_grad_(True) for p in params]
     group = opt.param_groups[0]
     (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
 
     def lower_at(values):
-        class _L(nn.Module):
-            def forward(self, x):
-                return functional_call(lower, dict(zip(names, values)), (x,))
-
-        return _L()
+        return _module_at(lower, values)
 
     g = torch.autograd.grad(
         problem.lower_loss(upper, lower_at(theta), train), theta, create_graph=True
