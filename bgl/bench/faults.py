@@ -21,6 +21,7 @@ Rows go to Parquet and a table is printed; nothing is asserted here (the tests d
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -397,6 +398,11 @@ def run_row_kills_bench(
             folder.mkdir()
             c = run_row_kills(Path(study_yaml), folder, expected)
             done += c.kills
+            if c.resume_failures or c.not_completed or c.rows != expected:  # keep the evidence
+                log = Path(out_dir) / f"faults-rows-{stamp}-campaign{len(rows)}.log"
+                log.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(folder / "driver.log", log)
+                c.notes.append(f"driver log: {log}")
             row = {"bench": "faults-rows", "study": str(study_yaml), "campaign": len(rows)}
             row |= {**asdict(c), "notes": "; ".join(c.notes), "git_commit": git_commit()}
             rows.append(row)

@@ -37,7 +37,7 @@ from bgl.results.report import FINAL_KEY, REPLAYED_KEY, TRIAL_END_KEY
 from bgl.results.tables import finished_trials, read_row
 from bgl.study.journal import JOURNAL, TUNE_TRIAL_ATTR, load_trials, open_journal
 from bgl.study.schema import StudyConfig
-from bgl.study.tune_state import end_report, repair_checkpoints
+from bgl.study.tune_state import end_report, repair_checkpoints, torn_state_file
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ def load_tune_trials(tune_dir: Path) -> list[Any] | None:
     """Tune's trials as its newest experiment state holds them; None if that state is unusable
     (missing, or half-written by a killed driver)."""
     if not tune_dir.is_dir():
+        return None
+    torn = torn_state_file(tune_dir)
+    if torn is not None:
+        log.warning("Tune state in %s unusable (%s is cut short)", tune_dir, torn.name)
         return None
     from ray.tune import ExperimentAnalysis
 

@@ -21,6 +21,14 @@ restores, each trial's record is checked against the files:
 - checkpoints the record lists that are gone are dropped from it (retention would otherwise try
   to delete them again).
 
+Tune's own "Saving experiment state to storage at ... failed ... FileNotFoundError: Failed to
+open local file '.../driver_artifacts/.<uuid>-tmp-basic-variant-state-....json'", seen in resumed
+drivers' logs, is Tune racing itself (Ray 2.60): its searcher writes its state to the staging
+folder as a temporary file renamed into place, while the background sync of the previous save
+lists that folder and then opens the temporary name, already gone. That one sync fails; the next
+copies the renamed file. Nothing of bgl's is involved and nothing is lost, so it is left alone
+(`bgl bench faults --study` counts it per campaign).
+
 A checkpoint is whole when its `checkpoint.pt` is (`checkpoint_complete`): Tune copies a
 checkpoint into place file by file, so a killed copy can leave a folder with a cut file.
 A trial's newest whole checkpoint may also hold its end report (`END_REPORT_NAME`): the trial
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 
 STATE_GLOB = "experiment_state-*.json"
 _CHECKPOINT_DIR = re.compile(r"^checkpoint_(\d+)$")
+#: a state file's family: its name up to the session timestamp Tune appends
+_FAMILY = re.compile(r"^(.*?)(-?\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})?\.(json|pkl)$")
 
 
 @dataclass
@@ -64,6 +74,43 @@ def newest_state(tune_dir: Path) -> Path | None:
     """The experiment state file Tune restores from (it picks the newest by name, which ends in
     the session's start time)."""
     return max(Path(tune_dir).glob(STATE_GLOB), default=None)
+
+
+def torn_state_file(tune_dir: Path) -> Path | None:
+    """The first of the files Tune restores from that is cut short, or None.
+
+    Tune copies its state to the study folder in place, so a driver killed during the copy can
+    leave any of them torn: the experiment state, the searcher's state (a grid's
+    `basic-variant-state-*.json` is a pickle), callback states, `tuner.pkl`. Tune reads the newest
+    of each family, and when one fails to load it *restarts the experiment* ("Failed to restore
+    the run state ... Restarting experiment", Ray 2.60), which can run finished trials again; so
+    each is loaded here first, and a torn one makes the whole state unusable.
+    """
+    newest: dict[str, Path] = {}
+    for path in sorted(Path(tune_dir).iterdir()):
+        match = _FAMILY.match(path.name)
+        if path.is_file() and match and not path.name.startswith("."):
+            newest[match.group(1)] = path  # sorted by name: the last is the newest
+    for path in newest.values():
+        if not _loads(path.read_bytes()):
+            return path
+    return None
+
+
+def _loads(data: bytes) -> bool:
+    """Whether `data` is a whole JSON document or a whole pickle."""
+    import cloudpickle
+
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        pass
+    try:
+        cloudpickle.loads(data)
+        return True
+    except Exception:  # noqa: BLE001 - any failure to unpickle means the file is not whole
+        return False
 
 
 def whole_checkpoints(trial_dir: Path) -> list[Path]:
