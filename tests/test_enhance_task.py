@@ -279,7 +279,7 @@ def test_registry_builds_enhance() -> None:
 
 
 def test_registry_unknown_task_lists_known() -> None:
-    with pytest.raises(ValueError, match="known tasks: detect, enhance, segment"):
+    with pytest.raises(ValueError, match="known tasks: control, detect, enhance, segment"):
         build_task("deblur")
 
 

@@ -267,12 +267,12 @@ def test_sid_cache_without_colour_metadata_is_refused_early(tmp_path, monkeypatc
 def test_unprocessed_datasets_take_raw_space_from_the_config(tmp_path):
     """DARK FACE (and ACDC, the same base) unprocess each item with its own camera; canonical
     re-expresses that item's RAW with that camera's metadata."""
-    make_darkface(tmp_path, 6, size=(48, 64))
+    make_darkface(tmp_path, 24, size=(48, 64))  # a validation split of 2: one for selection
 
     def first_item(space: str) -> dict:
         cfg = DataConfig(
             name="darkface", root=str(tmp_path), crop=32, cache=None, raw_space=space,
-            camera_seed=None, train_size=0, val_size=0, test_size=0,
+            camera_seed=None, train_size=0, val_size=0, test_size=0, select_size=1,
         )  # fmt: skip
         splits = build_splits(cfg)
         assert splits["test"].raw_space == space
