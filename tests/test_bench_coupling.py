@@ -34,6 +34,17 @@ def test_tiny_runs_record_coupling_per_solver(tmp_path: Path) -> None:
     assert all(r["coupling_mean"] == 0 for r in rows if r["solver"] == "naive")
     assert all(r["coupling_mean"] > 0 and r["k"] == 2 for r in rows if r["solver"] == "ibgl")
     assert all(r["metric"] == "psnr" and r["psnr_generator"] < r["value"] + 50 for r in rows)
+    # the reported numbers are the test split's: the same run, scored on its test split alone
+    from bgl.config import from_dict
+    from bgl.train.loop import Trainer
+
+    again = Trainer(from_dict({**config, "seed": 0, "solver": {"name": "naive", "k": 2}}))
+    again.cfg.train.steps = 3
+    again.fit()
+    test = again._score(again.test_set)
+    naive0 = rows[0]
+    assert naive0["value"] == pytest.approx(test["psnr"], abs=1e-6)
+    assert naive0["psnr_input"] == pytest.approx(test["psnr_input"], abs=1e-6)
     (written,) = tmp_path.glob("coupling-*.parquet")
     assert pq.read_table(written).num_rows == 4
     lines = summarise(rows)

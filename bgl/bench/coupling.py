@@ -85,7 +85,7 @@ def run_one(setting: Setting, solver: str, seed: int, k: int) -> dict[str, Any]:
     import torch
 
     from bgl.config import apply_overrides, from_dict
-    from bgl.train.loop import Trainer
+    from bgl.train.loop import TEST_PREFIX, Trainer
 
     torch.set_num_threads(1)
     data = base_config(setting.source)
@@ -116,7 +116,10 @@ def run_one(setting: Setting, solver: str, seed: int, k: int) -> dict[str, Any]:
     except Exception as exc:  # a diverged run is a result too
         return row | {"status": "failed", "error": str(exc)[:300], "wall_s": 0.0}
     coupling = summary["coupling"]
-    final = summary["final"]
+    # the test split's scores: the reported numbers (plain names are the selection split's)
+    final = {
+        k[len(TEST_PREFIX) :]: v for k, v in summary["final"].items() if k.startswith(TEST_PREFIX)
+    }
     row |= {
         "status": "completed",
         "error": None,
