@@ -549,7 +549,7 @@ def print_table(rows: list[dict[str, Any]], console: Console) -> None:
 # -- the README section -------------------------------------------------------------------------
 
 README_HEADING = "### Hypergradient fidelity"
-README_COMMAND = "python -m bgl.cli bench fidelity --readme README.md"
+README_COMMAND = "python -m bgl.cli bench fidelity --readme docs/guide.md"
 
 
 def _cell(s: dict[str, Any] | None, key: str, fmt: str) -> str:

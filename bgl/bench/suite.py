@@ -18,7 +18,7 @@ def run_suite(
     *,
     device: str = "cpu",
     out_dir: str | Path = "results/bench",
-    readme: str | Path | None = "README.md",
+    readme: str | Path | None = "docs/guide.md",
     tiny: bool = False,
     threads: int = 1,
     skip: tuple[str, ...] = (),

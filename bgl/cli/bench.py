@@ -96,8 +96,10 @@ def add_bench_commands(subparsers: Any) -> None:
         "until --kills kills (e.g. studies/quickstart.yaml)",
     )
     b.add_argument("--kills", type=int, default=20, help="with --study: kills in all")
-    b.add_argument("--readme", default="README.md")
-    b.add_argument("--no-report", action="store_true", help="do not rewrite the README")
+    b.add_argument(
+        "--readme", default="docs/guide.md", help="the page whose marked table is rewritten"
+    )
+    b.add_argument("--no-report", action="store_true", help="do not rewrite the page (--readme)")
     add_output_dir(b)
     b.set_defaults(func=_bench_faults)
     b = bsub.add_parser(
@@ -110,7 +112,9 @@ def add_bench_commands(subparsers: Any) -> None:
     b.add_argument(
         "--only", nargs="+", default=None, help="settings whose label starts with one of these"
     )
-    b.add_argument("--readme", default=None, help="rewrite this README's coupling table")
+    b.add_argument(
+        "--readme", default=None, help="rewrite this page's coupling table (e.g. docs/guide.md)"
+    )
     b.add_argument(
         "--merge",
         action="store_true",
@@ -146,7 +150,9 @@ def add_bench_commands(subparsers: Any) -> None:
         default=["normal"],
         help="a normally exposed photo (auto ratio) and/or a short exposure at the training ratio",
     )
-    b.add_argument("--readme", default=None, help="rewrite this README's cameras table")
+    b.add_argument(
+        "--readme", default=None, help="rewrite this page's cameras table (e.g. docs/guide.md)"
+    )
     add_output_dir(b)
     b.set_defaults(func=_bench_cameras)
     b = bsub.add_parser("all", help="the suite (boat, fidelity, scaling; GPU: + solvers, develop)")
@@ -159,12 +165,16 @@ def add_bench_commands(subparsers: Any) -> None:
         choices=("boat", "fidelity", "scaling", "solvers", "develop"),
     )
     b.add_argument("--tiny", action="store_true", help="smoke-test sizes")
-    b.add_argument("--readme", default="README.md")
-    b.add_argument("--no-report", action="store_true", help="do not rewrite the README")
+    b.add_argument(
+        "--readme", default="docs/guide.md", help="the page whose marked table is rewritten"
+    )
+    b.add_argument("--no-report", action="store_true", help="do not rewrite the page (--readme)")
     add_output_dir(b)
     b.set_defaults(func=_bench_all)
-    b = bsub.add_parser("report", help="rewrite the README's benchmark block from Parquet rows")
-    b.add_argument("--readme", default="README.md")
+    b = bsub.add_parser("report", help="rewrite the guide's benchmark block from Parquet rows")
+    b.add_argument(
+        "--readme", default="docs/guide.md", help="the page whose marked table is rewritten"
+    )
     add_output_dir(b)
     b.set_defaults(func=_bench_report)
 
@@ -270,7 +280,9 @@ def add_fidelity_command(bench_subparsers: Any) -> argparse.ArgumentParser:
         "--aid-sweep-k", type=int, nargs="+", default=list(d.aid_iteration_ks), help="k of that"
     )
     b.add_argument(
-        "--readme", default=None, help="rewrite this README's fidelity section (default: don't)"
+        "--readme",
+        default=None,
+        help="rewrite this page's fidelity section (e.g. docs/guide.md; default: don't)",
     )
     add_output_dir(b)
     b.set_defaults(func=_bench_fidelity)
