@@ -328,10 +328,12 @@ def test_build_splits_registers_real_datasets(sid, darkface, acdc, caplog):
     # six images: 4 train, 1 val, 1 test; the one val image cannot also give a selection split
     with pytest.raises(ConfigError, match="darkface's validation split has 1 items"):
         build_splits(cfg)
+    assert len(DarkFace(darkface[0], "train", 32, cache=False)) == 4
     cfg = DataConfig(name="acdc", root=str(acdc[0]), crop=32, train_size=0, val_size=0)
     cfg.test_size, cfg.select_size = 0, 1
     with pytest.raises(ConfigError, match="acdc's validation split has 1 items"):
         build_splits(cfg)
+    assert ACDCNight(acdc[0], "test", 32, cache=False)[0]["labels"].shape == (32, 32)
     with pytest.raises(ConfigError, match="data.train_size"):
         build_splits(DataConfig(name="sid", root=str(sid.root), crop=32, train_size=50))
     with pytest.raises(ConfigError, match="data.root"):

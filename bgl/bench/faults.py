@@ -416,16 +416,10 @@ def run_row_kills_bench(
 
 
 def _trial_count(study: Any) -> int:
-    """How many trials the study runs (a grid: its combinations, else num_samples)."""
-    if study.sampler != "grid":
-        return study.num_samples
-    from bgl.study.space import grid_space
+    """How many trials the study runs (a grid: its points, else num_samples)."""
+    from bgl.study.space import grid_points
 
-    total = 1
-    for value in grid_space(study).values():
-        if isinstance(value, dict) and "grid_search" in value:
-            total *= len(value["grid_search"])
-    return total * study.num_samples
+    return len(grid_points(study)) if study.sampler == "grid" else study.num_samples
 
 
 def print_row_kills(rows: list[dict[str, Any]], console: Console) -> None:

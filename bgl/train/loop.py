@@ -239,7 +239,9 @@ class Trainer:
             reduce=self.reduce,
             lower_lr=lower_lr,
             train_upper_out=train_upper_out,
-            lower_unroll=optimizer_unroll(self.lower_opt),
+            lower_unroll=(
+                optimizer_unroll(self.lower_opt) if "lower_unroll" in self.solver.context else None
+            ),
             diagnostics=diagnostics,
         )
         del train_upper_out
