@@ -114,7 +114,7 @@ def reconcile(study: StudyConfig, tune_dir: Path | None) -> Reconciled:
         )
         if t.trial_id in rows and not erred:
             continue
-        report = end_report(tune_dir / t.storage.trial_dir_name) if tune_dir else None
+        report = end_report(tune_dir / t.storage.trial_dir_name)  # trials came from tune_dir
         if report is None or report.get("status") != "completed":
             continue
         writer.record(t.trial_id, {**report, TRIAL_END_KEY: True}, t.config, replace=erred)

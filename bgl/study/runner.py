@@ -130,8 +130,7 @@ def _resume_grid(study: StudyConfig, plan: Plan, live: Live) -> None:
     from bgl.results.tables import finished_trials, read_row
     from bgl.study.space import missing_grid_points
 
-    reconcile(study, None)
-    done = []
+    done = []  # the restore attempt has reconciled the records already
     for trial_id in sorted(finished_trials(study.study_dir)):
         row = read_row(study.study_dir, trial_id)
         done.append({k[len("param.") :]: v for k, v in row.items() if k.startswith("param.")})
